@@ -1,0 +1,275 @@
+"""The one adapter between shardkit and JAX's internals.
+
+Everything that touches `jax._src` or `jax.extend.core` lives here, so that a JAX upgrade is
+a change to this file alone. The rest of shardkit uses only the functions below and public JAX.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import extend as _jex  # noqa: F401  (makes jax.extend.core importable)
+from jax.extend import core as jcore
+from jax._src import core as _core
+from jax._src import named_sharding as _named_sharding
+from jax._src.random import prng as _prng
+
+ClosedJaxpr = jcore.ClosedJaxpr
+Jaxpr = jcore.Jaxpr
+Primitive = jcore.Primitive
+ShapedArray = _core.ShapedArray
+UNSPECIFIED = _named_sharding.UNSPECIFIED
+UnspecifiedValue = type(UNSPECIFIED)
+PRNGImpl = _prng.PRNGImpl
+
+# -- dtypes -----------------------------------------------------------------------------------
+
+
+def is_key_dtype(dtype) -> bool:
+    return isinstance(dtype, _prng.KeyTy)
+
+
+def key_dtype(tag: str):
+    """The extended dtype `key<tag>` of a registered PRNG implementation."""
+    for impl in _prng.prngs.values():
+        if impl.tag == tag or impl.name == tag:
+            return _prng.KeyTy(impl)
+    raise KeyError(f"key<{tag}>")
+
+
+def numpy_dtype(name: str):
+    return jnp.dtype(name)
+
+
+def itemsize(dtype) -> int:
+    if is_key_dtype(dtype):
+        impl = dtype._impl
+        size = 1
+        for d in impl.key_shape:
+            size *= d
+        return 4 * size
+    return np.dtype(dtype).itemsize
+
+
+def prng_impl(name: str):
+    try:
+        return _prng.prngs[name]
+    except KeyError:
+        raise KeyError(f"no PRNG implementation named {name!r}; known: {sorted(_prng.prngs)}")
+
+
+# -- primitives -------------------------------------------------------------------------------
+
+_PRIMITIVES: dict[str, Primitive] = {}
+_SCANNED = False
+_SCAN_PACKAGES = ("jax._src.lax", "jax._src.random", "jax._src.state", "jax._src.ad_util",
+                  "jax._src.custom_derivatives", "jax._src.ad_checkpoint", "jax._src.pjit",
+                  "jax._src.shard_map", "jax._src.callback", "jax._src.debugging", "jax._src.core",
+                  "jax._src.dispatch", "jax._src.interpreters.ad", "jax._src.interpreters.pxla",
+                  "jax._src.custom_batching", "jax._src.custom_transpose", "jax._src.checkify",
+                  "jax._src.ffi", "jax._src.shard_alike", "jax._src.sharding_impls",
+                  "jax._src.numpy", "jax._src.nn", "jax._src.scipy", "jax._src.image",
+                  "jax._src.ops", "jax._src.earray", "jax._src.custom_partitioning")
+
+
+def _scan_primitives() -> None:
+    global _SCANNED
+    if _SCANNED:
+        return
+    _SCANNED = True
+    for package in _SCAN_PACKAGES:
+        try:
+            module = importlib.import_module(package)
+        except Exception:
+            continue
+        modules = [module]
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), package + "."):
+            try:
+                modules.append(importlib.import_module(info.name))
+            except Exception:
+                continue
+        for mod in modules:
+            for value in list(vars(mod).values()):
+                if isinstance(value, Primitive):
+                    _PRIMITIVES.setdefault(value.name, value)
+
+
+def remember_primitive(prim: Primitive) -> None:
+    """Make a primitive met during capture resolvable by name (for parsing printed IR)."""
+    _PRIMITIVES.setdefault(prim.name, prim)
+
+
+def primitive(name: str) -> Primitive | None:
+    """The JAX primitive with this name, or None when the process knows none."""
+    if name not in _PRIMITIVES:
+        _scan_primitives()
+    return _PRIMITIVES.get(name)
+
+
+def is_primitive(obj) -> bool:
+    return isinstance(obj, Primitive)
+
+
+def abstract_eval(prim: Primitive, types: Sequence[tuple[tuple[int, ...], Any]], params: dict):
+    """Result (shape, dtype) pairs of binding `prim` on arguments of the given shapes and dtypes."""
+    avals = [ShapedArray(tuple(shape), dtype) for shape, dtype in types]
+    out = prim.abstract_eval(*avals, **params)
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], (set, frozenset)):
+        out = out[0]
+    if not prim.multiple_results:
+        out = [out]
+    return [(tuple(a.shape), a.dtype) for a in out]
+
+
+def bind(prim: Primitive, args: Sequence[Any], params: dict) -> list:
+    """Bind a primitive the way JAX's own jaxpr evaluator does; always returns a list."""
+    bind_params = prim.get_bind_params(dict(params))
+    if isinstance(bind_params, tuple):  # older JAX: (subfuns, params)
+        subfuns, bind_params = bind_params
+        out = prim.bind(*subfuns, *args, **bind_params)
+    else:
+        out = prim.bind(*args, **bind_params)
+    return list(out) if prim.multiple_results else [out]
+
+
+# -- jaxprs -----------------------------------------------------------------------------------
+
+
+def trace(fn: Callable, args: tuple, kwargs: dict):
+    """Trace `fn` to a closed jaxpr; returns (closed_jaxpr, output shape pytree)."""
+    return jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
+
+
+def is_closed_jaxpr(obj) -> bool:
+    return isinstance(obj, ClosedJaxpr)
+
+
+def is_open_jaxpr(obj) -> bool:
+    return isinstance(obj, Jaxpr)
+
+
+def is_literal(atom) -> bool:
+    return isinstance(atom, jcore.Literal)
+
+
+def is_drop_var(atom) -> bool:
+    return type(atom).__name__ == "DropVar"
+
+
+def literal_value(atom):
+    return atom.val
+
+
+def aval_of(atom):
+    """(shape, dtype) of a jaxpr variable or literal; raises TypeError for non-array avals."""
+    aval = atom.aval
+    if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
+        raise TypeError(f"unsupported abstract value {aval!r}")
+    return tuple(aval.shape), aval.dtype
+
+
+def aval_shape_dtype(aval):
+    return tuple(aval.shape), aval.dtype
+
+
+def eqn_parts(eqn):
+    """(primitive, invars, outvars, params) of a jaxpr equation."""
+    return eqn.primitive, eqn.invars, eqn.outvars, dict(eqn.params)
+
+
+def closed_parts(closed):
+    """(jaxpr, consts) of a closed jaxpr."""
+    return closed.jaxpr, closed.consts
+
+
+def open_parts(jaxpr):
+    """(constvars, invars, outvars, eqns) of an open jaxpr."""
+    return jaxpr.constvars, jaxpr.invars, jaxpr.outvars, jaxpr.eqns
+
+
+def make_closed_jaxpr(fn: Callable, types: Sequence[tuple[tuple[int, ...], Any]]):
+    """Trace `fn` (flat arrays in, flat list out) over abstract arguments into a ClosedJaxpr."""
+    structs = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in types]
+    return jax.make_jaxpr(lambda *xs: list(fn(*xs)))(*structs)
+
+
+def make_open_jaxpr(fn: Callable, types: Sequence[tuple[tuple[int, ...], Any]]):
+    """Like make_closed_jaxpr but an open Jaxpr: constants are folded in as literals."""
+    closed = make_closed_jaxpr(fn, types)
+    if not closed.consts:
+        return closed.jaxpr
+    return _inline_consts(closed)
+
+
+def _inline_consts(closed):
+    jaxpr = closed.jaxpr
+    literals = [jcore.Literal(np.asarray(c), v.aval) for v, c in zip(jaxpr.constvars, closed.consts)]
+    mapping = dict(zip(jaxpr.constvars, literals))
+    eqns = [eqn.replace(invars=[mapping.get(v, v) if not is_literal(v) else v for v in eqn.invars])
+            for eqn in jaxpr.eqns]
+    outvars = [mapping.get(v, v) if not is_literal(v) else v for v in jaxpr.outvars]
+    return jaxpr.replace(constvars=[], eqns=eqns, outvars=outvars)
+
+
+# -- objects that appear in params ------------------------------------------------------------
+
+
+def make_shaped_array(shape, dtype):
+    return ShapedArray(tuple(shape), dtype)
+
+
+def make_mesh_from_ids(axis_names, axis_sizes, axis_types, device_ids):
+    """Rebuild a concrete Mesh from device ids of this process."""
+    from jax.sharding import AxisType, Mesh
+    if not axis_names:
+        return _empty_mesh()
+    by_id = {d.id: d for d in jax.devices()}
+    try:
+        devices = np.array([by_id[i] for i in device_ids], dtype=object).reshape(axis_sizes)
+    except KeyError as e:
+        raise KeyError(f"device id {e} is not known in this process")
+    types = tuple(getattr(AxisType, t) for t in axis_types)
+    return Mesh(devices, tuple(axis_names), axis_types=types)
+
+
+def _empty_mesh():
+    from jax._src import mesh as _mesh
+    return _mesh.empty_concrete_mesh
+
+
+def mesh_device_ids(mesh) -> tuple[int, ...]:
+    if not mesh.axis_names:
+        return ()
+    return tuple(int(d.id) for d in np.asarray(mesh.devices).flat)
+
+
+def is_concrete_mesh(obj) -> bool:
+    from jax.sharding import Mesh
+    return isinstance(obj, Mesh)
+
+
+def is_abstract_mesh(obj) -> bool:
+    from jax.sharding import AbstractMesh
+    return isinstance(obj, AbstractMesh)
+
+
+def tree_is_builtin(treedef) -> bool:
+    """Whether a PyTreeDef uses only tuple/list/dict/None nodes (so it can be written as text)."""
+    builtin = (tuple, list, dict, type(None))
+    stack = [treedef]
+    while stack:
+        node = stack.pop()
+        if node.num_nodes == 1 and node.num_leaves == 1:
+            continue
+        data = node.node_data()
+        if data is None:
+            continue
+        kind = data[0]
+        if kind not in builtin:
+            return False
+        stack.extend(node.children())
+    return True

@@ -1,0 +1,2 @@
+"""Dedicated op definitions. Importing this package registers them."""
+from . import core, control_flow  # noqa: F401

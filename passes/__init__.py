@@ -1,0 +1,1 @@
+"""shardkit.passes: pass infrastructure and built-in passes. Imports only shardkit.ir."""
