@@ -15,6 +15,7 @@ import numpy as np
 from jax import extend as _jex  # noqa: F401  (makes jax.extend.core importable)
 from jax.extend import core as jcore
 from jax._src import core as _core
+from jax._src import mesh as _mesh_internal
 from jax._src import named_sharding as _named_sharding
 from jax._src.random import prng as _prng
 
@@ -25,6 +26,22 @@ ShapedArray = _core.ShapedArray
 UNSPECIFIED = _named_sharding.UNSPECIFIED
 UnspecifiedValue = type(UNSPECIFIED)
 PRNGImpl = _prng.PRNGImpl
+AbstractDevice = _mesh_internal.AbstractDevice  # device kind/platform an AbstractMesh may carry
+MemorySpace = _core.MemorySpace  # an Enum in the params of e.g. `empty`
+
+
+def param_data_classes() -> list[type]:
+    """Frozen dataclasses and NamedTuples that appear in primitive params and are plain data:
+    checkpoint policies (DotsSaveable, SaveOnlyTheseNames, ...) and custom_linear_solve's tuples."""
+    import dataclasses
+    import inspect
+
+    from jax._src import ad_checkpoint
+    from jax._src.lax.control_flow import solves
+    classes = [v for v in vars(ad_checkpoint).values()
+               if inspect.isclass(v) and dataclasses.is_dataclass(v) and v.__module__ == ad_checkpoint.__name__]
+    classes.append(solves._LinearSolveTuple)
+    return classes
 
 # -- dtypes -----------------------------------------------------------------------------------
 
@@ -140,8 +157,27 @@ def bind(prim: Primitive, args: Sequence[Any], params: dict) -> list:
 
 
 def trace(fn: Callable, args: tuple, kwargs: dict):
-    """Trace `fn` to a closed jaxpr; returns (closed_jaxpr, output shape pytree)."""
-    return jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
+    """Trace `fn` to a closed jaxpr; returns (closed_jaxpr, output shape pytree).
+
+    Mutable arrays the function makes for itself (`jax.new_ref`) are discharged into pure array
+    code, since the IR holds arrays only.
+    """
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
+    return discharge_refs(closed), out_shape
+
+
+def discharge_refs(jaxpr):
+    """A closed or open jaxpr with the mutable arrays (`jax.new_ref`) it makes itself turned into pure
+    array code; returned unchanged when it makes none."""
+    from jax._src.state import types as state_types
+    inner = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
+    if not any(isinstance(v.aval, state_types.AbstractRef) for eqn in inner.eqns for v in eqn.outvars):
+        return jaxpr
+    from jax._src.state import discharge
+    if isinstance(jaxpr, ClosedJaxpr):
+        return discharge.discharge_state(jaxpr)
+    closed = discharge.discharge_state(ClosedJaxpr(jaxpr, []))
+    return _inline_consts(closed) if closed.consts else closed.jaxpr
 
 
 def is_closed_jaxpr(obj) -> bool:
@@ -167,7 +203,7 @@ def literal_value(atom):
 def aval_of(atom):
     """(shape, dtype) of a jaxpr variable or literal; raises TypeError for non-array avals."""
     aval = atom.aval
-    if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
+    if not isinstance(aval, ShapedArray):  # tokens, refs (which also have .shape and .dtype), ...
         raise TypeError(f"unsupported abstract value {aval!r}")
     return tuple(aval.shape), aval.dtype
 
@@ -273,3 +309,34 @@ def tree_is_builtin(treedef) -> bool:
             return False
         stack.extend(node.children())
     return True
+
+
+# -- the sharding-hint primitive ------------------------------------------------------------------
+
+
+def make_hint_primitive(name: str = "shardkit_hint") -> Primitive:
+    """An identity primitive carrying a PartitionSpec and a priority, transparent to every transform.
+
+    JVP and transpose apply the same hint to tangents and cotangents; vmap inserts an unsharded
+    batch dimension into the spec; lowering to XLA is the identity (shardkit applies the sharding).
+    """
+    from jax._src.interpreters import ad, batching, mlir
+    from jax.sharding import PartitionSpec
+
+    prim = Primitive(name)
+    prim.def_impl(lambda x, **_: x)
+    prim.def_abstract_eval(lambda aval, **_: aval)
+    mlir.register_lowering(prim, lambda ctx, x, **_: [x])
+    ad.deflinear2(prim, lambda ct, x, **params: [prim.bind(ct, **params)] if not isinstance(ct, ad.Zero) else [ct])
+
+    def batch(args, dims, *, spec, priority):
+        (x,), (d,) = args, dims
+        if d is None or d is getattr(batching, "not_mapped", None):
+            return prim.bind(x, spec=spec, priority=priority), d
+        entries = list(spec) + [None] * (x.ndim - 1 - len(tuple(spec)))
+        entries.insert(d, None)
+        return prim.bind(x, spec=PartitionSpec(*entries), priority=priority), d
+
+    batching.primitive_batchers[prim] = batch
+    remember_primitive(prim)
+    return prim

@@ -101,6 +101,8 @@ class _Builder:
         name = prim.name
         if name == "sharding_constraint":
             return self._sharding_constraint(operands, results, params)
+        if name == "shardkit_hint":
+            return self._hint(operands, results, params)
         if not has_op(name):
             _jax.remember_primitive(prim)
             if not has_op(name):
@@ -112,6 +114,8 @@ class _Builder:
         return Op(name, tuple(operands), tuple(results), Params(converted), tuple(regions))
 
     def _param(self, value, regions: list):
+        if _jax.is_closed_jaxpr(value) or _jax.is_open_jaxpr(value):
+            value = _jax.discharge_refs(value)
         if _jax.is_closed_jaxpr(value):
             jaxpr, consts = _jax.closed_parts(value)
             regions.append(self.graph(jaxpr, consts, name="region"))
@@ -122,8 +126,11 @@ class _Builder:
                 raise CaptureError("an open jaxpr param with constvars cannot be captured")
             regions.append(self.graph(value, (), name="region"))
             return RegionRef(len(regions) - 1, closed=False)
-        if type(value) in (tuple, list) and any(_jax.is_closed_jaxpr(v) or _jax.is_open_jaxpr(v) for v in value):
-            return tuple(self._param(v, regions) for v in value)
+        if isinstance(value, (tuple, list)) and any(_jax.is_closed_jaxpr(v) or _jax.is_open_jaxpr(v) for v in value):
+            converted = tuple(self._param(v, regions) for v in value)
+            if hasattr(type(value), "_fields"):  # a NamedTuple of jaxprs (custom_linear_solve)
+                return type(value)(*converted)
+            return converted
         if isinstance(value, NamedSharding) and value.mesh.size > 1:
             self.mesh = _merge_mesh(self.mesh, MeshShape.of(value.mesh))
         return normalize(value)
@@ -157,6 +164,14 @@ class _Builder:
             result = result.replace(type=result.type.with_sharding(spec))
             results[0] = result
         return Op("sharding_constraint", (value,), (result,))
+
+    def _hint(self, operands, results, params) -> Op:
+        (value,), (result,) = operands, results
+        sharding = Sharding.from_partition_spec(params["spec"], result.type.rank,
+                                                priority=int(params["priority"]), value="sk.hint")
+        result = result.replace(type=result.type.with_sharding(sharding))
+        results[0] = result
+        return Op("hint", (value,), (result,))
 
     def _constant(self, ops, const, type_: TensorType) -> Value:
         value = Value(type_)

@@ -129,11 +129,27 @@ def normalize(value):
         return tuple(normalize(v) for v in value)
     if isinstance(value, np.ndarray) or isinstance(value, np.generic):
         return ArrayValue(value)
+    names = _FIELD_CLASSES.get(type(value))
+    if names is not None:  # e.g. GatherDimensionNumbers built by vmap holds numpy integers
+        return type(value)(**{n: _plain(getattr(value, n)) for n in names})
     try:
         hash(value)
         return value
     except TypeError:
         return Opaque(value)
+
+
+def _plain(value):
+    """Numpy scalars inside a registered class's fields as Python scalars (they print as plain data)."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if type(value) in (tuple, list):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def denormalize(value):
@@ -163,6 +179,7 @@ class Codec:
 _CODECS: list[Codec] = []
 _CODEC_BY_TAG: dict[str, Codec] = {}
 _ENUMS: dict[str, type] = {}
+_FIELD_CLASSES: dict[type, tuple[str, ...]] = {}  # registered NamedTuples/dataclasses -> field names
 
 
 def register_codec(codec: Codec) -> None:
@@ -183,6 +200,7 @@ def register_param_class(cls: type, tag: str | None = None) -> None:
         names = tuple(f.name for f in fields(cls))
     else:
         raise TypeError(f"{cls} is neither a NamedTuple, a dataclass nor an Enum")
+    _FIELD_CLASSES[cls] = names
     register_codec(Codec(tag, lambda v, cls=cls: type(v) is cls,
                          lambda v, names=names: ((), {n: getattr(v, n) for n in names}),
                          lambda *a, cls=cls, **k: cls(*a, **k)))
@@ -260,11 +278,12 @@ def _register_builtin_codecs() -> None:
                                          "devices": _jax.mesh_device_ids(m)}),
                          lambda axis_names, axis_sizes, axis_types, devices:
                          _jax.make_mesh_from_ids(axis_names, axis_sizes, axis_types, devices)))
-    register_codec(Codec("AbstractMesh", _jax.is_abstract_mesh,
-                         lambda m: ((), {"axis_sizes": tuple(m.axis_sizes), "axis_names": tuple(m.axis_names),
-                                         "axis_types": tuple(m.axis_types)}),
-                         lambda axis_sizes, axis_names, axis_types:
-                         __import__("jax").sharding.AbstractMesh(axis_sizes, axis_names, axis_types)))
+    register_param_class(_jax.AbstractDevice)
+    register_param_class(_jax.MemorySpace)
+    for cls in _jax.param_data_classes():
+        register_param_class(cls, tag=cls.__name__.lstrip("_"))
+    register_codec(Codec("policy", _is_named_policy, lambda f: ((f.__name__,), {}), _named_policy))
+    register_codec(Codec("AbstractMesh", _jax.is_abstract_mesh, _abstract_mesh_encode, _abstract_mesh_decode))
     register_codec(Codec("Unspecified", lambda v: isinstance(v, _jax.UnspecifiedValue),
                          lambda v: ((), {}), lambda: _jax.UNSPECIFIED))
     register_codec(Codec("PRNGImpl", lambda v: isinstance(v, _jax.PRNGImpl),
@@ -280,6 +299,39 @@ def _register_builtin_codecs() -> None:
                          lambda v: ((v.impl, v.data), {}), KeyArrayValue))
     register_codec(Codec("tree", lambda v: type(v).__name__ == "PyTreeDef" and _jax.tree_is_builtin(v),
                          lambda v: ((_tree_skeleton(v),), {}), _tree_from_skeleton))
+
+
+def _is_named_policy(value) -> bool:
+    """A checkpoint policy that is a plain function of `jax.checkpoint_policies` (nothing_saveable, ...)."""
+    import inspect
+
+    import jax
+    name = getattr(value, "__name__", None)
+    return (inspect.isfunction(value) and isinstance(name, str)
+            and getattr(jax.checkpoint_policies, name, None) is value)
+
+
+def _named_policy(name: str):
+    import jax
+    value = getattr(jax.checkpoint_policies, name, None)
+    if not _is_named_policy(value):
+        raise KeyError(f"jax.checkpoint_policies has no policy named {name!r}")
+    return value
+
+
+def _abstract_mesh_encode(m):
+    kwargs = {"axis_sizes": tuple(m.axis_sizes), "axis_names": tuple(m.axis_names),
+              "axis_types": tuple(m.axis_types)}
+    if getattr(m, "abstract_device", None) is not None:  # inside shard_map: must match the context mesh
+        kwargs["abstract_device"] = m.abstract_device
+    return (), kwargs
+
+
+def _abstract_mesh_decode(axis_sizes, axis_names, axis_types, abstract_device=None):
+    from jax.sharding import AbstractMesh
+    if abstract_device is None:
+        return AbstractMesh(axis_sizes, axis_names, axis_types)
+    return AbstractMesh(axis_sizes, axis_names, axis_types, abstract_device=abstract_device)
 
 
 def _primitive_by_name(name: str):
@@ -335,7 +387,7 @@ def format_value(value) -> str:
     if isinstance(value, str):
         return _quote(value)
     if isinstance(value, ArrayValue):
-        return format_array(value.array)
+        return format_array(value.array, ref_to=value)
     if isinstance(value, Opaque):
         return format_ref(value.obj)
     tag = enum_tag(value)
@@ -377,8 +429,12 @@ def format_float(x: float) -> str:
     return repr(float(x))
 
 
-def format_array(array: np.ndarray) -> str:
-    """`#array(f32[2], [1.0, 2.0])`, or base64 bytes for larger arrays."""
+def format_array(array: np.ndarray, ref_to: ArrayValue | None = None) -> str:
+    """`#array(f32[2], [1.0, 2.0])`, base64 bytes for larger arrays, or beyond that a reference.
+
+    The reference is to `ref_to` (the ArrayValue holding `array`) when given, so that text parsed
+    back from a reference prints the same reference again.
+    """
     from .printer import shape_text
     head = f"{dtype_name(array.dtype)}{shape_text(array.shape)}"
     if array.size <= INLINE_ARRAY_LIMIT and array.dtype.kind in "biuf" and array.dtype.itemsize <= 8:
@@ -387,7 +443,7 @@ def format_array(array: np.ndarray) -> str:
     if array.nbytes <= BASE64_ARRAY_LIMIT:
         data = base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
         return f"#array({head}, \"{data}\")"
-    return format_ref(ArrayValue(array))
+    return format_ref(ref_to if ref_to is not None else ArrayValue(array))
 
 
 def _py_scalar(x):

@@ -1,6 +1,8 @@
 """Parse IR text back into a Graph. Text is data: nothing is evaluated; errors carry line and column."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import re
 
@@ -10,92 +12,140 @@ from .graph import Graph, Op, Params, TensorType, Value
 from .params import LEAF, array_from_text, decode_enum, decode_tagged, normalize, resolve_ref
 from .sharding import DimSharding, MeshShape, Sharding
 
+# One token per match: whitespace and `##` comments before it are skipped, and the token's kind
+# follows from its first character (see `_kind_tables`). `.` catches any character that starts no
+# token, so every character of the text is accounted for and `findall` does all the scanning in C.
 _TOKEN = re.compile(r"""
-    (?P<ws>[ \t\r]+|\#\#[^\n]*)
-  | (?P<nl>\n)
-  | (?P<value>%[0-9]+)
-  | (?P<ref>&[0-9]+)
-  | (?P<tag>\#[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<string>"(?:[^"\\\n]|\\.)*")
-  | (?P<number>-?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|[0-9]+)|-inf\b)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_.\-]*(?:<[A-Za-z0-9_]+>)?)
-  | (?P<punct>[()\[\]{},=:@?|+*.<>])
+    (?:[ \t\r\n]|\#\#[^\n]*+)*+     # possessive: a comment is never split to find a token
+    (
+        %[0-9]+                                  # value
+      | &[0-9]+                                  # ref
+      | \#[A-Za-z_][A-Za-z0-9_]*                 # tag
+      | "(?:[^"\\\n]|\\.)*"                      # string
+      | -?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+|[0-9]+)|-inf\b   # number
+      | [A-Za-z_][A-Za-z0-9_.\-]*(?:<[A-Za-z0-9_]+>)?   # ident
+      | .                                        # punct, or a character that starts no token
+      | \Z                                       # the end: empty tokens, dropped
+    )
 """, re.VERBOSE)
+_PUNCT = "()[]{},=:@?|+*.<>"
+
+
+def _kind_tables() -> tuple[dict[str, str], dict[str, str]]:
+    """Token kind by first character (tokens of 2+ characters) and by the whole one-character token."""
+    first: dict[str, str] = {"%": "value", "&": "ref", "#": "tag", '"': "string", "-": "number"}
+    single: dict[str, str] = {c: "punct" for c in _PUNCT}
+    for code in range(128):
+        c = chr(code)
+        if c.isdigit():
+            first[c] = single[c] = "number"
+        elif c.isalpha() or c == "_":
+            first[c] = single[c] = "ident"
+    return first, single
+
+
+_KIND_BY_FIRST, _KIND_OF_SINGLE = _kind_tables()
+_LOOKAHEAD = 4  # eof tokens padded at the end, so peek(offset) never needs a bounds check
 
 
 class _Tokens:
     def __init__(self, text: str):
         self.text = text
-        self.lines = text.split("\n")
-        self.kinds: list[str] = []
-        self.values: list[str] = []
-        self.positions: list[tuple[int, int]] = []
-        line, line_start, pos = 1, 0, 0
-        match = _TOKEN.match
-        while pos < len(text):
-            m = match(text, pos)
-            if m is None:
-                raise ParseError(f"unexpected character {text[pos]!r}", line, pos - line_start + 1,
-                                 self.lines[line - 1])
-            kind = m.lastgroup
-            if kind == "nl":
-                line += 1
-                line_start = m.end()
-            elif kind != "ws":
-                self.kinds.append(kind)
-                self.values.append(m.group())
-                self.positions.append((line, pos - line_start + 1))
-            pos = m.end()
-        self.kinds.append("eof")
-        self.values.append("")
-        self.positions.append((line, pos - line_start + 1))
+        values = _TOKEN.findall(text)
+        while values and not values[-1]:
+            values.pop()
+        first, single = _KIND_BY_FIRST.get, _KIND_OF_SINGLE.get
+        kinds = [first(v[0], "bad") if len(v) > 1 else single(v, "bad") for v in values]
+        self.end = len(values)  # index of the first eof token
+        kinds += ["eof"] * _LOOKAHEAD
+        values += [""] * _LOOKAHEAD
+        self.kinds = kinds
+        self.values = values
+        self._starts: list[int] | None = None
         self.i = 0
+        if "bad" in kinds:
+            j = kinds.index("bad")
+            line, col = self.position(j)
+            raise ParseError(f"unexpected character {values[j]!r}", line, col, self.source_line(line))
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
+
+    def position(self, j: int) -> tuple[int, int]:
+        """1-based (line, column) of token j, found by rescanning (only error paths need it)."""
+        if self._starts is None:
+            self._starts = [m.start(1) for m in _TOKEN.finditer(self.text) if m.group(1)]
+        start = self._starts[j] if j < self.end else len(self.text)
+        line = self.text.count("\n", 0, start) + 1
+        return line, start - (self.text.rfind("\n", 0, start) + 1) + 1
+
+    def source_line(self, line: int) -> str:
+        lines = self.lines
+        return lines[line - 1] if line - 1 < len(lines) else ""
 
     def peek(self, offset: int = 0) -> tuple[str, str]:
-        j = min(self.i + offset, len(self.kinds) - 1)
+        j = min(self.i + offset, self.end)
         return self.kinds[j], self.values[j]
 
     def next(self) -> tuple[str, str]:
-        tok = self.kinds[self.i], self.values[self.i]
-        if self.i < len(self.kinds) - 1:
-            self.i += 1
-        return tok
+        i = self.i
+        if i < self.end:
+            self.i = i + 1
+        return self.kinds[i], self.values[i]
 
     def error(self, message: str, offset: int = 0) -> ParseError:
-        j = min(self.i + offset, len(self.kinds) - 1)
-        line, col = self.positions[j]
+        j = min(self.i + offset, self.end)
+        line, col = self.position(j)
         found = self.values[j] or "end of input"
-        source = self.lines[line - 1] if line - 1 < len(self.lines) else ""
-        return ParseError(f"{message}, found {found!r}", line, col, source)
+        return ParseError(f"{message}, found {found!r}", line, col, self.source_line(line))
 
     def expect(self, value: str) -> None:
-        kind, text = self.peek()
-        if text != value or kind in ("string",):
+        i = self.i
+        if self.values[i] != value or self.kinds[i] == "string":
             raise self.error(f"expected {value!r}")
-        self.next()
+        if i < self.end:
+            self.i = i + 1
 
     def accept(self, value: str) -> bool:
-        kind, text = self.peek()
-        if text == value and kind not in ("string",):
-            self.next()
+        i = self.i
+        if self.values[i] == value and self.kinds[i] != "string":
+            if i < self.end:
+                self.i = i + 1
             return True
         return False
 
 
 def parse(text: str) -> Graph:
     """Parse the text `str(graph)` printed; raises ParseError with line and column on bad input."""
-    tokens = _Tokens(text)
-    parser = _Parser(tokens)
-    graph = parser.graph()
-    if tokens.peek()[0] != "eof":
-        raise tokens.error("expected end of input after the graph")
-    return graph
+    with _gc_paused():
+        tokens = _Tokens(text)
+        parser = _Parser(tokens)
+        graph = parser.graph()
+        if tokens.peek()[0] != "eof":
+            raise tokens.error("expected end of input after the graph")
+        return graph
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause Python's cycle collector while a graph is built. Parsing makes many long-lived objects
+    and no cycles, so collections meanwhile only re-walk the growing graph (a third of the time)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _Parser:
     def __init__(self, tokens: _Tokens):
         self.t = tokens
         self.seen: set[str] = set()  # names are unique across the whole text, regions included
+        self.types: dict[tuple[str, ...], TensorType] = {}  # type tokens -> parsed type
 
     # -- graph structure ----------------------------------------------------------------------
     def graph(self) -> Graph:
@@ -161,10 +211,11 @@ class _Parser:
             kind, name = t.peek()
             if kind != "value":
                 raise t.error("expected an argument name like %0")
+            start = t.i
             t.next()
             t.expect(":")
             value = Value(self.type())
-            self.define(env, name, value, -1)
+            self.define(env, name, value, start - t.i)
             values.append(value)
         return values
 
@@ -204,13 +255,15 @@ class _Parser:
 
     def op(self, env) -> Op:
         t = self.t
-        result_names = []
+        result_names, result_starts = [], []  # token indices, for errors about a result's name
         if t.peek()[0] == "value":
+            result_starts.append(t.i)
             result_names.append(t.next()[1])
             while t.accept(","):
                 kind, name = t.peek()
                 if kind != "value":
                     raise t.error("expected a result name like %3")
+                result_starts.append(t.i)
                 result_names.append(t.next()[1])
             t.expect("=")
         name = self.symbol()
@@ -240,9 +293,9 @@ class _Parser:
         if len(types) != len(result_names):
             raise t.error(f"op {name} names {len(result_names)} results but gives {len(types)} types", -1)
         results = []
-        for result_name, ty in zip(result_names, types):
+        for result_name, start, ty in zip(result_names, result_starts, types):
             value = Value(ty)
-            self.define(env, result_name, value, -1)
+            self.define(env, result_name, value, start - t.i)
             results.append(value)
         regions = []
         if t.accept("["):
@@ -264,6 +317,26 @@ class _Parser:
 
     # -- types --------------------------------------------------------------------------------
     def type(self) -> TensorType:
+        """A type; the same type text (token for token) parses once and is then shared (types are immutable)."""
+        t = self.t
+        i = t.i
+        if t.kinds[i] == "ident" and t.values[i + 1] == "[":
+            try:
+                j = t.values.index("]", i + 2) + 1
+            except ValueError:
+                j = i
+            key = tuple(t.values[i:j])
+            found = self.types.get(key)
+            if found is not None:
+                t.i = j
+                return found
+            found = self.type_uncached()
+            if t.i == j:
+                self.types[key] = found
+            return found
+        return self.type_uncached()
+
+    def type_uncached(self) -> TensorType:
         t = self.t
         kind, word = t.peek()
         if kind != "ident":
@@ -416,6 +489,7 @@ class _Parser:
 
     def reference(self):
         t = self.t
+        start = t.i
         _, text = t.next()
         number = int(text[1:])
         t.expect("<")
@@ -427,10 +501,11 @@ class _Parser:
             raise t.error(
                 f"reference {text}<{type_name}> is not known in this process: IR text that refers "
                 f"to in-process Python objects (callables, custom rules) parses only in the process "
-                f"that printed it", -1)
+                f"that printed it", start - t.i)
 
     def tagged(self):
         t = self.t
+        start = t.i  # errors point at the tag
         _, text = t.next()
         tag = text[1:]
         if t.accept("."):
@@ -438,7 +513,7 @@ class _Parser:
             try:
                 return decode_enum(tag, member)
             except KeyError:
-                raise t.error(f"#{tag}.{member} is not a registered enum member", -1)
+                raise t.error(f"#{tag}.{member} is not a registered enum member", start - t.i)
         if tag == "array":
             return self.array()
         args, kwargs = [], {}
@@ -456,9 +531,9 @@ class _Parser:
         try:
             return decode_tagged(tag, tuple(args), kwargs)
         except KeyError as e:
-            raise t.error(f"cannot rebuild #{tag}(...): {e}", -1)
+            raise t.error(f"cannot rebuild #{tag}(...): {e}", start - t.i)
         except (TypeError, ValueError) as e:
-            raise t.error(f"bad arguments for #{tag}(...): {e}", -1)
+            raise t.error(f"bad arguments for #{tag}(...): {e}", start - t.i)
 
     def array(self):
         t = self.t

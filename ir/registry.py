@@ -20,17 +20,24 @@ class OpDef:
 
     type_rule(op) -> list of (shape, dtype) for the results, from operand types, params, regions.
     lower(interp, op, args) -> list of JAX values; `interp` evaluates regions (`interp.call_region`).
-    sharding_rule: a factor-mapping string such as "i k, k j -> i j" or a callable; None = unknown.
+    sharding_rule(op) -> FactorRule (see factors.py), or None when the op has no rule (then
+        propagation treats its operands as replicated and `explain` reports it).
+    region_ties(op) -> list of Tie: for ops with regions, which outer and inner values share dims.
     effectful: whether the op must be kept even when its results are unused.
+    traced_regions: the region's ops can be typed only in the context the op's lowering sets up (the
+        manual mesh axes and varying-axes types of shard_map), so the verifier type-checks them by
+        tracing the op's lowering rather than one op at a time.
     """
 
     name: str
     type_rule: Callable[[Any], list] | None = None
     lower: Callable[..., list] | None = None
     sharding_rule: Any = None
+    region_ties: Callable[[Any], list] | None = None
     primitive: Any = None
     effectful: bool = False
     is_collective: bool = False
+    traced_regions: bool = False
     print_format: Callable[[Any], str] | None = None
     generic: bool = False
     doc: str = ""

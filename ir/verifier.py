@@ -25,7 +25,8 @@ class _Verifier:
         context = _neighbourhood(graph, index) if index is not None else ""
         raise VerifyError(f"{prefix}{message}{context}", op=op, pass_name=self.pass_name)
 
-    def check_graph(self, graph: Graph, outer: set, top: bool = False) -> None:
+    def check_graph(self, graph: Graph, outer: set, top: bool = False, traced: bool = False) -> None:
+        """Check one graph; `traced`: its ops are typed by tracing an enclosing op (see OpDef)."""
         defined: set[Value] = set()
 
         def define(value, index, op=None):
@@ -49,9 +50,12 @@ class _Verifier:
                              "arguments" if operand in outer or operand in self.defined_anywhere
                              else "is not defined before its use")
                     self.fail(graph, index, f"operand {position} of op '{op.name}' {where}", op)
+            by_tracing = not traced and op.regions and self._traced_regions(op)
             for region in op.regions:
-                self.check_graph(region, outer | defined)
-            self.check_types(graph, index, op)
+                self.check_graph(region, outer | defined, traced=traced or by_tracing)
+            self.check_types(graph, index, op, use_rule=not traced)
+            if by_tracing:
+                self.check_traced(graph, index, op)
             for value in op.results:
                 define(value, index, op)
         for position, value in enumerate(graph.outputs):
@@ -59,12 +63,33 @@ class _Verifier:
                 self.fail(graph, len(graph.ops) - 1 if graph.ops else None,
                           f"output {position} of graph @{graph.name} is not defined in it")
 
-    def check_types(self, graph: Graph, index: int, op: Op) -> None:
+    @staticmethod
+    def _traced_regions(op: Op) -> bool:
+        try:
+            return bool(op.definition.traced_regions)
+        except KeyError:
+            return False
+
+    def check_traced(self, graph: Graph, index: int, op: Op) -> None:
+        """Type-check the ops in `op`'s regions by tracing its lowering (JAX sets up their context)."""
+        try:
+            _trace_region_types(op)
+        except _TypeMismatch as e:
+            where = _locate(op, e.op) or (graph, index)
+            self.fail(where[0], where[1], f"result {e.position} of op '{e.op.name}' (in a region of "
+                                          f"'{op.name}') is typed {type_text(e.op.results[e.position].type)} "
+                                          f"but tracing gives {e.found}", e.op)
+        except VerifyError:
+            raise
+        except Exception as e:  # the region does not trace: report it on the enclosing op
+            self.fail(graph, index, f"op '{op.name}' rejects its regions: {type(e).__name__}: {e}", op)
+
+    def check_types(self, graph: Graph, index: int, op: Op, use_rule: bool = True) -> None:
         try:
             definition = op.definition
         except KeyError:
             self.fail(graph, index, f"op '{op.name}' is not registered and names no JAX primitive", op)
-        if definition.type_rule is None:
+        if definition.type_rule is None or not use_rule:
             return
         try:
             expected = definition.type_rule(op)
@@ -96,6 +121,45 @@ class _Verifier:
             sharding.check(self.mesh, value.type.shape, value=type_text(value.type))
         except ShardingError as e:
             self.fail(graph, index, str(e), op)
+
+
+class _TypeMismatch(Exception):
+    def __init__(self, op: Op, position: int, found: str):
+        super().__init__(found)
+        self.op, self.position, self.found = op, position, found
+
+
+def _trace_region_types(op: Op) -> None:
+    """Abstract-evaluate `op`'s lowering; every op run inside its regions must give its typed results."""
+    import jax
+
+    from .graph import TensorType
+    from .interpreter import Interpreter
+
+    class Checking(Interpreter):
+        def run_op(self, inner: Op, args: list) -> list:
+            outs = super().run_op(inner, args)
+            for position, (value, out) in enumerate(zip(inner.results, outs)):
+                shape, dtype = tuple(getattr(out, "shape", ())), getattr(out, "dtype", None)
+                if shape != tuple(value.type.shape) or dtype != value.type.dtype:
+                    raise _TypeMismatch(inner, position, type_text(TensorType(shape, dtype)))
+            return outs
+
+    structs = [jax.ShapeDtypeStruct(v.type.shape, v.type.dtype) for v in op.operands]
+    interp = Checking(mesh=None, apply_shardings=False)
+    jax.eval_shape(lambda *xs: op.definition.lower(interp, op, list(xs)), *structs)
+
+
+def _locate(root: Op, target: Op):
+    """(graph, index) of `target` among the ops nested in `root`'s regions, or None."""
+    for region in root.regions:
+        for index, op in enumerate(region.ops):
+            if op is target:
+                return region, index
+            found = _locate(op, target)
+            if found is not None:
+                return found
+    return None
 
 
 def _neighbourhood(graph: Graph, index: int, radius: int = 2) -> str:

@@ -1,8 +1,12 @@
 """shardkit: capture a JAX program into a small IR, run passes that partition it, lower it over a mesh."""
 from shardkit import ir
 from shardkit.ir import capture
+from shardkit.axis_rules import AxisRules, axis_rules
+from shardkit.explain import ExplainReport, explain
+from shardkit.hints import hint
+from shardkit.jit import ShardedFunction, jit
 from shardkit.lowering import LoweredFunction, lower
 from shardkit.mesh import make_mesh
 
-__all__ = ["LoweredFunction", "capture", "ir", "lower", "make_mesh"]
+__all__ = ["AxisRules", "ExplainReport", "axis_rules", "LoweredFunction", "explain", "ShardedFunction", "capture", "hint", "ir", "jit", "lower", "make_mesh"]
 __version__ = "0.1.0"

@@ -33,7 +33,60 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mesh", type=_parse_mesh, default=None, help="mesh axes, e.g. data=4,model=2")
     demo.add_argument("--devices", type=int, default=8, help="simulated CPU devices (default 8)")
     demo.add_argument("--quiet-ir", action="store_true", help="do not print the captured IR")
+
+    explain = sub.add_parser("explain", help="show how a function is sharded and what it communicates",
+                             description="Import module:function, capture it on example shapes, propagate "
+                                         "shardings and print the sk.explain report.")
+    explain.add_argument("target", help="module:function (the module must be importable)")
+    explain.add_argument("--mesh", type=_parse_mesh, default={"data": 4, "model": 2},
+                         help="mesh axes (default data=4,model=2)")
+    explain.add_argument("--shapes", nargs="+", required=True,
+                         help="one example argument per positional parameter, e.g. f32[64,32] f32[32,128]")
+    explain.add_argument("--in-specs", nargs="*", default=None,
+                         help="one spec per argument: comma-separated dims, '_' unsharded, 'a+b' for two "
+                              "axes, '-' for no spec; e.g. data,_ _,model")
+    explain.add_argument("--pipeline", default="default", help="pass pipeline (default: 'default')")
+    explain.add_argument("--devices", type=int, default=8, help="simulated CPU devices (default 8)")
     return parser
+
+
+def _parse_shape(text: str):
+    import jax
+    from shardkit.ir.dtypes import parse_dtype
+    name, _, rest = text.partition("[")
+    if not rest.endswith("]"):
+        raise SystemExit(f"bad shape {text!r}: write it like f32[64,32]")
+    dims = tuple(int(d) for d in rest[:-1].split(",") if d.strip())
+    return jax.ShapeDtypeStruct(dims, parse_dtype(name))
+
+
+def _parse_spec(text: str):
+    from jax.sharding import PartitionSpec
+    if text == "-":
+        return None
+    if text in ("", "()"):
+        return PartitionSpec()
+    entries = []
+    for part in text.split(","):
+        part = part.strip()
+        entries.append(None if part in ("_", "None", "") else tuple(part.split("+")) if "+" in part else part)
+    return PartitionSpec(*entries)
+
+
+def _explain(args) -> int:
+    import importlib
+    import shardkit as sk
+    module_name, _, attr = args.target.partition(":")
+    if not attr:
+        raise SystemExit("target must look like module:function")
+    fn = getattr(importlib.import_module(module_name), attr)
+    shapes = [_parse_shape(s) for s in args.shapes]
+    specs = tuple(_parse_spec(s) for s in args.in_specs) if args.in_specs is not None else None
+    mesh = sk.make_mesh(args.mesh)
+    report = sk.explain(fn, mesh=mesh, in_specs=specs, pipeline=args.pipeline)(*shapes)
+    from rich.console import Console
+    Console().print(report)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(DemoConfig(steps=args.steps, workdir=args.workdir, mesh=args.mesh,
                             show_ir=not args.quiet_ir))
         return 0
+    if args.command == "explain":
+        _use_cpu_devices(args.devices)
+        return _explain(args)
     return 2
 
 

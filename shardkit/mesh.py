@@ -43,3 +43,11 @@ def resolve_mesh(mesh, graph_mesh: MeshShape | None = None) -> Mesh | None:
     if isinstance(mesh, MeshShape):
         return make_mesh(dict(mesh.axes))
     raise ShardingError(f"expected a jax.sharding.Mesh or a {{axis: size}} dict, got {mesh!r}")
+
+
+def auto_axes(mesh: Mesh) -> Mesh:
+    """The same devices and axes with every axis Auto: shardkit decides shardings itself, so it
+    lowers Explicit-axis meshes through their Auto twin."""
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))

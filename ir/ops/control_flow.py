@@ -166,5 +166,70 @@ def _shard_map_lower(interp, op, args):
 
 
 register_op(OpDef("shard_map", type_rule=_shard_map_type, lower=_shard_map_lower,
-                  primitive=_jax.primitive("shard_map"),
+                  primitive=_jax.primitive("shard_map"), traced_regions=True,
                   doc="jax.shard_map: the region is the per-device program over local shapes."))
+
+
+# -- sharding ties between ops and their regions (read by sharding propagation) -------------------
+
+from ..factors import Pin, Tie  # noqa: E402
+from ..sharding import Sharding  # noqa: E402
+
+
+def _call_ties(op) -> list:
+    region = op.regions[0]
+    return ([Tie(a, b) for a, b in zip(op.operands, region.inputs)]
+            + [Tie(a, b) for a, b in zip(op.results, region.outputs)])
+
+
+def _cond_ties(op) -> list:
+    ties = []
+    for region in op.regions:
+        ties += [Tie(a, b) for a, b in zip(op.operands[1:], region.inputs)]
+        ties += [Tie(a, b) for a, b in zip(op.results, region.outputs)]
+    return ties
+
+
+def _while_ties(op) -> list:
+    cond_n, body_n = int(op.params["cond_nconsts"]), int(op.params["body_nconsts"])
+    cond, body = op.regions
+    consts_c, consts_b = op.operands[:cond_n], op.operands[cond_n:cond_n + body_n]
+    carry = op.operands[cond_n + body_n:]
+    ties = [Tie(a, b) for a, b in zip(consts_c, cond.inputs[:cond_n])]
+    ties += [Tie(a, b) for a, b in zip(consts_b, body.inputs[:body_n])]
+    for value, c_in, b_in, b_out, result in zip(carry, cond.inputs[cond_n:], body.inputs[body_n:],
+                                                body.outputs, op.results):
+        ties += [Tie(value, c_in), Tie(value, b_in), Tie(value, b_out), Tie(value, result)]
+    return ties
+
+
+def _scan_ties(op) -> list:
+    num_consts, num_carry = int(op.params["num_consts"]), int(op.params["num_carry"])
+    region = op.regions[0]
+    ties = [Tie(a, b) for a, b in zip(op.operands[:num_consts], region.inputs[:num_consts])]
+    carry_in = op.operands[num_consts:num_consts + num_carry]
+    for value, r_in, r_out, result in zip(carry_in, region.inputs[num_consts:num_consts + num_carry],
+                                          region.outputs[:num_carry], op.results[:num_carry]):
+        ties += [Tie(value, r_in), Tie(value, r_out), Tie(value, result)]
+    ties += [Tie(a, b, stacked=True) for a, b in zip(op.operands[num_consts + num_carry:],
+                                                      region.inputs[num_consts + num_carry:])]
+    ties += [Tie(a, b, stacked=True) for a, b in zip(op.results[num_carry:], region.outputs[num_carry:])]
+    return ties
+
+
+def _shard_map_pins(op) -> list:
+    pins = []
+    for values, specs in ((op.operands, op.params["in_specs"]), (op.results, op.params["out_specs"])):
+        for value, spec in zip(values, specs):
+            pins.append(Pin(value, Sharding.from_partition_spec(spec, value.type.rank, priority=0)))
+    return pins
+
+
+for _name, _ties in (("jit", _call_ties), ("pjit", _call_ties), ("closed_call", _call_ties),
+                     ("core_call", _call_ties), ("remat2", _call_ties), ("custom_jvp_call", _call_ties),
+                     ("custom_vjp_call", _call_ties), ("custom_vjp_call_jaxpr", _call_ties),
+                     ("cond", _cond_ties), ("while", _while_ties), ("scan", _scan_ties),
+                     ("shard_map", _shard_map_pins)):
+    from ..registry import has_op, update_op
+    if has_op(_name):
+        update_op(_name, region_ties=_ties)

@@ -26,8 +26,13 @@ def _constant_lower(interp, op, args):
     return [jnp.asarray(value.array)]
 
 
+def _constant_rule(op):
+    from .lax import iota_rule
+    return iota_rule(op)
+
+
 CONSTANT = register_op(OpDef(
-    "constant", type_rule=_constant_type, lower=_constant_lower,
+    "constant", type_rule=_constant_type, lower=_constant_lower, sharding_rule=_constant_rule,
     doc="A literal or closed-over array: param `value` holds it."))
 
 
@@ -39,9 +44,18 @@ def _identity_lower(interp, op, args):
     return list(args)  # the interpreter applies the result's sharding
 
 
+def _identity_rule(op):
+    from .lax import elementwise_rule
+    return elementwise_rule(op)
+
+
 SHARDING_CONSTRAINT = register_op(OpDef(
-    "sharding_constraint", type_rule=_identity_type, lower=_identity_lower,
+    "sharding_constraint", type_rule=_identity_type, lower=_identity_lower, sharding_rule=_identity_rule,
     doc="Identity whose result carries a user sharding (from with_sharding_constraint)."))
+
+HINT = register_op(OpDef(
+    "hint", type_rule=_identity_type, lower=_identity_lower, sharding_rule=_identity_rule,
+    doc="Identity whose result carries a user sharding hint (sk.hint), with its priority."))
 
 
 def make_constant(array) -> tuple:
@@ -51,3 +65,15 @@ def make_constant(array) -> tuple:
         return (("value", KeyArrayValue(impl, ArrayValue(jax.device_get(jax.random.key_data(array))))),)
     import numpy as np
     return (("value", ArrayValue(np.asarray(array))),)
+
+
+hint_p = None
+
+
+def hint_primitive():
+    """The JAX primitive behind `sk.hint` (made once, on first use)."""
+    global hint_p
+    if hint_p is None:
+        from .. import _jax
+        hint_p = _jax.make_hint_primitive()
+    return hint_p

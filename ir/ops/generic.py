@@ -23,6 +23,9 @@ def _to_jax(value, op, interp):
         return _jax.make_closed_jaxpr(fn, types) if value.closed else _jax.make_open_jaxpr(fn, types)
     if type(value) is tuple:
         return tuple(_to_jax(v, op, interp) for v in value)
+    if isinstance(value, tuple) and hasattr(type(value), "_fields") and any(
+            isinstance(v, RegionRef) for v in value):  # a NamedTuple of regions
+        return type(value)(*(_to_jax(v, op, interp) for v in value))
     return denormalize(value)
 
 
