@@ -340,3 +340,130 @@ def make_hint_primitive(name: str = "shardkit_hint") -> Primitive:
     batching.primitive_batchers[prim] = batch
     remember_primitive(prim)
     return prim
+
+
+# -- defining new primitives (for shardkit's own federated and functional primitives) ------------
+
+
+def define_primitive(name: str, *, impl: Callable, abstract_eval: Callable, multiple_results: bool = False,
+                     jvp: Callable | None = None, transpose: Callable | None = None,
+                     batch: Callable | None = None, lowering: Callable | None = None) -> Primitive:
+    """Make a JAX primitive from plain functions, without touching JAX internals elsewhere.
+
+    impl(*args, **params): eager evaluation (also the default lowering, via jax's lower_fun).
+    abstract_eval(*avals, **params): result aval(s) (use `jax.core.ShapedArray` / `make_shaped_array`).
+    jvp(primals, tangents, **params) -> (primal_out, tangent_out); tangents may be `Zero` (see is_zero).
+    transpose(cotangents, *args, **params) -> cotangents of the linear args, with `undefined` args
+        reported by is_undefined(arg); return None for an argument with no cotangent.
+    batch(args, dims, **params) -> (out, out_dims); dims entries are None for unbatched args.
+    lowering(*args, **params): a JAX-traceable function used to lower to XLA (default: impl).
+    """
+    from jax._src.interpreters import ad, batching, mlir
+
+    prim = Primitive(name)
+    prim.multiple_results = multiple_results
+    prim.def_impl(impl)
+    prim.def_abstract_eval(abstract_eval)
+    mlir.register_lowering(prim, mlir.lower_fun(lowering or impl, multiple_results=multiple_results))
+    if jvp is not None:
+        ad.primitive_jvps[prim] = jvp
+    if transpose is not None:
+        ad.primitive_transposes[prim] = transpose
+    if batch is not None:
+        batching.primitive_batchers[prim] = batch
+    remember_primitive(prim)
+    return prim
+
+
+def is_undefined(x) -> bool:
+    """Whether a transpose-rule argument is the linear input being transposed."""
+    from jax._src.interpreters import ad
+    return isinstance(x, ad.UndefinedPrimal)
+
+
+def undefined_aval(x):
+    """The abstract value of an undefined (linear) transpose argument."""
+    return x.aval
+
+
+def is_zero(x) -> bool:
+    """Whether a tangent or cotangent is a symbolic zero."""
+    from jax._src.interpreters import ad
+    return isinstance(x, ad.Zero)
+
+
+def instantiate_zero(x):
+    """A symbolic zero as a concrete zeros array (other values pass through)."""
+    from jax._src.interpreters import ad
+    return ad.instantiate_zeros(x) if isinstance(x, ad.Zero) else x
+
+
+def zero_like_aval(aval):
+    """A symbolic zero tangent/cotangent for the given aval."""
+    from jax._src.interpreters import ad
+    return ad.Zero(aval.to_tangent_aval() if hasattr(aval, "to_tangent_aval") else aval)
+
+
+# -- jaxpr helpers for primitives that hold a computation (shardkit's federated map) ---------------
+
+
+def trace_hoisted(fn: Callable, types: Sequence[tuple[tuple[int, ...], Any]]):
+    """Trace `fn` (flat arrays in, flat list out) to a closed jaxpr with no constants.
+
+    Everything `fn` closes over (arrays, and tracers of enclosing transformations such as jit, grad
+    or vmap) becomes a leading input. Returns (closed_jaxpr, hoisted_values).
+    """
+    from jax._src.interpreters import partial_eval as pe
+    closed = make_closed_jaxpr(fn, types)
+    if not closed.consts:
+        return closed, []
+    return ClosedJaxpr(pe.convert_constvars_jaxpr(closed.jaxpr), []), list(closed.consts)
+
+
+def eval_jaxpr(closed, args: Sequence[Any]) -> list:
+    """Evaluate a closed jaxpr on `args` under the current transformations; always a list."""
+    return list(jcore.jaxpr_as_fun(closed)(*args))
+
+
+def jaxpr_in_avals(closed) -> list:
+    """The abstract values of a closed jaxpr's inputs."""
+    return list(closed.in_avals)
+
+
+def jaxpr_out_avals(closed) -> list:
+    """The abstract values of a closed jaxpr's outputs."""
+    return list(closed.out_avals)
+
+
+def linearize_jaxpr(closed, nonzeros: Sequence[bool]):
+    """Split the JVP of a closed jaxpr into a primal and a tangent jaxpr (as `jax.linearize` does).
+
+    Returns (primal_jaxpr, num_new_residuals, nonzero_outputs, forwarded, tangent_jaxpr):
+    primal_jaxpr maps the inputs to the outputs followed by the new residuals; tangent_jaxpr maps
+    all residuals followed by the nonzero input tangents to the nonzero output tangents. Residual i
+    is input `forwarded[i]` of `closed` when that is not None, else the next new residual.
+    """
+    from jax._src.interpreters import ad
+    num_consts = len(closed.consts)
+    allow = [False] * num_consts + [True] * len(closed.jaxpr.invars)
+    primal, num_res, nzs_out, fwds, tangent = ad.linearize_jaxpr(closed, tuple(nonzeros), False, allow,
+                                                                 is_vjp=False)
+    fwds = [None if f is None else f - num_consts for f in fwds]
+    return primal, num_res, list(nzs_out), fwds, tangent
+
+
+def tangent_aval(aval):
+    """The abstract value of tangents and cotangents of `aval` (float0 for integers)."""
+    return aval.to_tangent_aval()
+
+
+def abstract_mesh():
+    """The abstract mesh of the enclosing `jax.set_mesh` / `jax.sharding.use_mesh`, or None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh is None or mesh.empty else mesh
+
+
+def apply_primitive(prim: Primitive, *args, **params):
+    """Evaluate a primitive eagerly by compiling its lowering (what JAX does for lax primitives)."""
+    from jax._src import dispatch
+    return dispatch.apply_primitive(prim, *args, **params)

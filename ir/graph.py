@@ -1,6 +1,7 @@
 """Values, ops and graphs: the SSA core of the IR. Graphs are immutable; passes build new ones."""
 from __future__ import annotations
 
+from collections.abc import ItemsView, ValuesView
 from dataclasses import dataclass, field, replace as dc_replace
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -78,6 +79,13 @@ class Params(Mapping):
     def __iter__(self):
         return (k for k, _ in self._items)
 
+    def items(self) -> ItemsView:
+        """The (key, value) pairs in order, read straight from storage (no lookup per key)."""
+        return _ParamItems(self)
+
+    def values(self) -> ValuesView:
+        return _ParamValues(self)
+
     def __len__(self):
         return len(self._items)
 
@@ -96,6 +104,20 @@ class Params(Mapping):
 
     def __repr__(self):
         return f"Params({dict(self._items)!r})"
+
+
+class _ParamItems(ItemsView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self._mapping._items)
+
+
+class _ParamValues(ValuesView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return (v for _, v in self._mapping._items)
 
 
 @dataclass(frozen=True, eq=False)

@@ -265,6 +265,15 @@ def _register_builtin_codecs() -> None:
         register_param_class(lax.DotAlgorithm)
     if is_dataclass(lax.Tolerance):
         register_param_class(lax.Tolerance)
+    elif isinstance(lax.Tolerance, type):  # a plain class with atol/rtol/ulps attributes
+        register_codec(Codec("Tolerance", lambda v: type(v) is lax.Tolerance,
+                             lambda v: ((), {"atol": v.atol, "rtol": v.rtol, "ulps": v.ulps}), lax.Tolerance))
+    for name in sorted(dir(lax)):  # any other public lax param class (RaggedDotDimensionNumbers, ...)
+        cls = getattr(lax, name)
+        if (isinstance(cls, type) and not name.startswith("_") and cls.__name__ not in _CODEC_BY_TAG
+                and cls.__name__ not in _ENUMS
+                and (issubclass(cls, enum.Enum) or hasattr(cls, "_fields") or is_dataclass(cls))):
+            register_param_class(cls)
     register_codec(Codec("UNCONSTRAINED", lambda v: v is _UNCONSTRAINED, lambda v: ((), {}),
                          lambda: _UNCONSTRAINED))
     register_codec(Codec("P", lambda v: type(v) is PartitionSpec, _spec_encode, _spec_decode))

@@ -254,25 +254,49 @@ class _Parser:
             ops.append(self.op(env))
 
     def op(self, env) -> Op:
+        # The hot loop of parsing: token lists are read directly (a punctuation token's text never
+        # equals a string token's, which keeps its quotes), and every error goes through the general
+        # methods from the same token, so messages and positions are theirs.
         t = self.t
+        kinds, values = t.kinds, t.values
         result_names, result_starts = [], []  # token indices, for errors about a result's name
-        if t.peek()[0] == "value":
-            result_starts.append(t.i)
-            result_names.append(t.next()[1])
-            while t.accept(","):
-                kind, name = t.peek()
-                if kind != "value":
+        i = t.i
+        if kinds[i] == "value":
+            result_starts.append(i)
+            result_names.append(values[i])
+            i += 1
+            while values[i] == ",":
+                i += 1
+                if kinds[i] != "value":
+                    t.i = i
                     raise t.error("expected a result name like %3")
-                result_starts.append(t.i)
-                result_names.append(t.next()[1])
+                result_starts.append(i)
+                result_names.append(values[i])
+                i += 1
+            t.i = i
             t.expect("=")
-        name = self.symbol()
+            i = t.i
+        if kinds[i] == "ident":
+            name = values[i]
+            t.i = i + 1
+        else:
+            name = self.symbol()
         t.expect("(")
         operands = []
-        while not t.accept(")"):
+        i = t.i
+        while values[i] != ")":
             if operands:
-                t.expect(",")
-            operands.append(self.use(env))
+                if values[i] != ",":
+                    t.i = i
+                    t.expect(",")
+                i += 1
+            operand = env.get(values[i]) if kinds[i] == "value" else None
+            if operand is None:
+                t.i = i
+                self.use(env)  # raises the right error
+            operands.append(operand)
+            i += 1
+        t.i = i + 1
         params = []
         if t.accept("{"):
             while not t.accept("}"):

@@ -44,10 +44,23 @@ def symbol_text(name: str) -> str:
     return json.dumps(name)
 
 
+_DTYPE_TEXT: dict = {}  # dtype -> its IR spelling; `dtype_name` is slow and every type needs one
+
+
+def _dtype_text(dtype) -> str:
+    try:
+        return _DTYPE_TEXT[dtype]
+    except KeyError:
+        text = _DTYPE_TEXT[dtype] = dtype_name(dtype)
+        return text
+    except TypeError:  # an unhashable dtype-like object
+        return dtype_name(dtype)
+
+
 def type_text(t) -> str:
     sharding = t.sharding
     if sharding is None:
-        return dtype_name(t.dtype) + shape_text(t.shape)
+        return _dtype_text(t.dtype) + shape_text(t.shape)
     dims = []
     for size, dim in zip(t.shape, sharding.dims):
         text = str(size)
@@ -59,7 +72,7 @@ def type_text(t) -> str:
     extras = sharding.extras_text()
     marked = any(d.axes or d.is_open for d in sharding.dims)
     suffix = "|" + extras if (extras or not marked) else ""
-    return f"{dtype_name(t.dtype)}[{','.join(dims)}{suffix}]"
+    return f"{_dtype_text(t.dtype)}[{','.join(dims)}{suffix}]"
 
 
 class _Namer:

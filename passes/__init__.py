@@ -27,12 +27,18 @@ from .inline import Inline, clone_graph, inline_calls
 from .print_ir import PrintIR
 from .propagate_sharding import PropagateSharding, complete_shardings, is_fully_sharded
 from .communication import AnalyzeCommunication, Collective, CommunicationReport, communication_report
+from .partition import Partition, is_partitioned, partition_graph, spmd_collectives
+from .partition_layout import PartitionError
+
+from .auto_shard import AutoShard, AutoShardInfeasible, AutoShardResult, auto_shard
 
 register_pipeline("default", "canonicalize,cse,dce,propagate-sharding")
+register_pipeline("auto", "canonicalize,cse,dce,auto-shard")
 
 __all__ = [
-    "AnalyzeCommunication", "Collective", "CommunicationReport", "PropagateSharding",
+    "AnalyzeCommunication", "AutoShard", "AutoShardInfeasible", "AutoShardResult", "Collective", "auto_shard", "CommunicationReport", "PropagateSharding",
     "communication_report", "complete_shardings", "is_fully_sharded",
+    "Partition", "PartitionError", "is_partitioned", "partition_graph", "spmd_collectives",
     "ALL_PROPERTIES", "AnalysisCache", "CANONICALIZATION_PATTERNS", "Canonicalize",
     "CommonSubexpressionElimination", "DeadCodeElimination", "Diagnostic", "Diagnostics", "Fired",
     "Inline", "Pass", "PassContext", "PassError", "PassManager", "PassOptionError", "PassTiming",

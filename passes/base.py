@@ -34,7 +34,8 @@ class Pass(abc.ABC):
 
     Class attributes: `name` (used in pipeline strings), `requires` (properties that must hold on
     the input), `guarantees` (properties that hold on the output) and `preserves` (properties that
-    stay true if they held before; ALL_PROPERTIES for passes that never break any).
+    stay true if they held before; ALL_PROPERTIES for passes that never break any). A subclass
+    that defines `__post_init__` must call `super().__post_init__()` (it checks the options).
     """
 
     name: ClassVar[str] = ""
@@ -78,10 +79,20 @@ class Pass(abc.ABC):
 
 def format_pass(p: Pass, opts: dict[str, Any]) -> str:
     """`name{key=value,...}` for the given options (just `name` when there are none)."""
-    if not opts:
-        return p.name
-    inner = ",".join(f"{k}={_options.format_value(v)}" for k, v in opts.items())
-    return f"{p.name}{{{inner}}}"
+    return format_entry(p.name, [(option_text_name(k), v) for k, v in opts.items()])
+
+
+def format_entry(name: str, items: list[tuple[str, Any]]) -> str:
+    """`name{key=value,...}` with the keys spelled exactly as given."""
+    if not items:
+        return name
+    inner = ",".join(f"{key}={_options.format_value(value)}" for key, value in items)
+    return f"{name}{{{inner}}}"
+
+
+def option_text_name(field_name: str) -> str:
+    """How an option is spelled in pipeline text: `respect_hints` reads `respect-hints`."""
+    return field_name.replace("_", "-")
 
 
 def _default_of(field: dataclasses.Field):
@@ -99,14 +110,18 @@ def option_types(cls: type) -> dict[str, Any]:
     """The resolved type of each option (dataclass field) of a pass class."""
     found = _HINTS.get(cls)
     if found is None:
-        hints = typing.get_type_hints(cls)
+        try:
+            hints = typing.get_type_hints(cls)
+        except NameError as e:
+            raise PassOptionError(f"the option types of pass class {cls.__name__} cannot be resolved "
+                                  f"({e}); define the types they name at module level") from None
         found = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
         _HINTS[cls] = found
     return found
 
 
 def signature(cls: type) -> str:
-    """A one-line description of a pass's options, e.g. `canonicalize{fold_limit: int = 16}`."""
+    """A one-line description of a pass's options, e.g. `canonicalize{fold-limit: int = 16}`."""
     name = getattr(cls, "name", "") or cls.__name__
     fields = dataclasses.fields(cls)
     if not fields:
@@ -115,7 +130,7 @@ def signature(cls: type) -> str:
     parts = []
     for f in fields:
         default = _default_of(f)
-        text = f"{f.name}: {_options.describe(hints[f.name])}"
+        text = f"{option_text_name(f.name)}: {_options.describe(hints[f.name])}"
         text += " (required)" if default is dataclasses.MISSING else f" = {_options.format_value(default)}"
         parts.append(text)
     return f"its options are {name}{{{', '.join(parts)}}}"
@@ -126,13 +141,14 @@ def make_pass(cls: type, raw_options: dict[str, Any]) -> Pass:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = option_types(cls)
     values = {}
-    for key, raw in raw_options.items():
+    for written, raw in raw_options.items():
+        key = written.replace("-", "_")  # pipeline text may spell options with hyphens
         if key not in fields:
-            raise _options.option_error(cls.name, f"unknown option '{key}'", signature(cls))
+            raise _options.option_error(cls.name, f"unknown option '{written}'", signature(cls))
         try:
             values[key] = _options.from_text(raw, hints[key])
         except ValueError as e:
-            raise _options.option_error(cls.name, f"option '{key}' {e}", signature(cls)) from None
+            raise _options.option_error(cls.name, f"option '{written}' {e}", signature(cls)) from None
     missing = [n for n, f in fields.items() if n not in values and _default_of(f) is dataclasses.MISSING]
     if missing:
         raise _options.option_error(cls.name, f"missing required option(s) {', '.join(missing)}",
@@ -155,6 +171,12 @@ def check_pass_class(cls: type) -> None:
         raise PassOptionError(f"pass class {cls.__name__} needs a class attribute `name` such as "
                               f"'my-pass' (letters, digits, '-', '_', '.'; starting with a letter), "
                               f"got {name!r}")
+    options = {f.name for f in dataclasses.fields(cls)}
+    for reserved in ("name", "requires", "guarantees", "preserves"):
+        if reserved in options:
+            raise PassOptionError(f"pass class {cls.__name__} declares '{reserved}' as a dataclass field; "
+                                  f"write it as a plain class attribute (`{reserved} = ...`) or annotate "
+                                  f"it ClassVar so it is not taken for an option")
     for field_name, hint in option_types(cls).items():
         if not _options.supported(hint):
             raise PassOptionError(f"option '{field_name}' of pass '{name}' has type {hint!r}, which "

@@ -120,8 +120,20 @@ def _factor_axes(rule, op: Op, mesh: MeshShape) -> dict[str, tuple[str, ...]]:
     return axes
 
 
-def op_collectives(op: Op, mesh: MeshShape, label: str) -> list[Collective]:
-    """Collectives one op needs, given the shardings on its operands and results."""
+def op_collectives(op: Op, mesh: MeshShape, label: str, seen: set | None = None) -> list[Collective]:
+    """Collectives one op needs, given the shardings on its operands and results.
+
+    `seen` holds (value, sharding) reshards already charged: a value moved to the same sharding twice
+    is moved once (XLA's CSE merges the two collectives)."""
+    seen = set() if seen is None else seen
+
+    def reshard(value, have, need, where):
+        key = (value, tuple(tuple(d) for d in need))
+        if key in seen:
+            return []
+        seen.add(key)
+        return reshard_collectives(value, have, need, mesh, where)
+
     definition = op.definition
     rule = definition.sharding_rule(op) if definition.sharding_rule is not None else None
     out: list[Collective] = []
@@ -131,17 +143,18 @@ def op_collectives(op: Op, mesh: MeshShape, label: str) -> list[Collective]:
                 have = _dims(item.outer)[1:] if item.stacked else _dims(item.outer)
                 need = _dims(item.inner)
                 if list(have) != list(need):
-                    out += reshard_collectives(item.inner, have, need, mesh, f"{label} (region edge)")
+                    out += reshard(item.inner, have, need, f"{label} (region edge)")
             elif isinstance(item, Pin):
-                need = [d.axes for d in item.sharding.dims]
-                if _dims(item.value) != need and item.value in op.operands:
-                    out += reshard_collectives(item.value, _dims(item.value), need, mesh, label)
-        return out
+                have = _dims(item.value)
+                need = [h if d.is_open and not d.axes else d.axes for d, h in zip(item.sharding.dims, have)]
+                if have != need and item.value in op.operands:
+                    out += reshard(item.value, have, need, label)
+        if rule is None:
+            return out
     if rule is None:
         for i, v in enumerate(op.operands):
             if any(_dims(v)):
-                out += reshard_collectives(v, _dims(v), [() for _ in v.type.shape], mesh,
-                                           f"{label} operand {i} (no sharding rule)")
+                out += reshard(v, _dims(v), [() for _ in v.type.shape], f"{label} operand {i} (no sharding rule)")
         return out
     axes = _factor_axes(rule, op, mesh)
     for i, (value, mapping) in enumerate(zip(op.operands, rule.operands)):
@@ -155,7 +168,7 @@ def op_collectives(op: Op, mesh: MeshShape, label: str) -> list[Collective]:
             need.append(tuple(dim))
         have = _dims(value)
         if list(have) != need:
-            out += reshard_collectives(value, have, need, mesh, f"{label} operand {i}")
+            out += reshard(value, have, need, f"{label} operand {i}")
     reduced = tuple(a for f in sorted(rule.reduction) for a in axes.get(f, ()))
     if reduced:
         n = _product(mesh, reduced)
@@ -165,15 +178,16 @@ def op_collectives(op: Op, mesh: MeshShape, label: str) -> list[Collective]:
     return out
 
 
-def graph_collectives(graph: Graph, mesh: MeshShape, where: str = "") -> list[Collective]:
+def graph_collectives(graph: Graph, mesh: MeshShape, where: str = "", seen: set | None = None) -> list[Collective]:
     """Every collective the sharded graph needs, regions included (shard_map bodies excepted)."""
+    seen = set() if seen is None else seen
     out = []
     for index, op in enumerate(graph.ops):
         label = f"{where}{op.name}#{index}"
-        out += op_collectives(op, mesh, label)
+        out += op_collectives(op, mesh, label, seen)
         if op.name != "shard_map":
             for r, region in enumerate(op.regions):
-                out += graph_collectives(region, mesh, f"{label}/region{r}/")
+                out += graph_collectives(region, mesh, f"{label}/region{r}/", seen)
     return out
 
 

@@ -2,7 +2,7 @@
 
 Shardings the call imposed survive: when a region argument carries a sharding its operand does not,
 or the call fixed an output sharding (`out_shardings`), a `sharding_constraint` op keeps it. Calls
-nested in regions (a jit inside a scan body) are inlined into that region. `marked_only=true`
+nested in regions (a jit inside a scan body) are inlined into that region. `marked-only=true`
 inlines only calls that JAX itself marked `inline=True`.
 """
 from __future__ import annotations
@@ -14,9 +14,13 @@ from jax.sharding import NamedSharding
 from shardkit.ir import Graph, Op, Sharding, Value
 
 from .base import ALL_PROPERTIES, Pass
+from .errors import PassOptionError
 from .registry import register
 
 CALL_OPS = ("jit", "pjit", "closed_call", "core_call")
+INLINABLE = CALL_OPS + ("remat2", "custom_jvp_call", "custom_vjp_call")
+"""Ops whose single region computes exactly their results from their operands (the ones `ops` may
+name). Inlining the last three keeps the values but drops rematerialisation or custom derivatives."""
 
 
 def clone_graph(graph: Graph) -> Graph:
@@ -68,6 +72,9 @@ class _Inliner:
 
     def wants(self, op: Op) -> bool:
         if op.name not in self.names or len(op.regions) != 1:
+            return False
+        region = op.regions[0]
+        if len(region.inputs) != len(op.operands) or len(region.outputs) != len(op.results):
             return False
         return not self.marked_only or bool(op.params.get("inline", False))
 
@@ -135,6 +142,13 @@ class Inline(Pass):
 
     ops: tuple[str, ...] = CALL_OPS
     marked_only: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [name for name in self.ops if name not in INLINABLE]
+        if unknown:
+            raise PassOptionError(f"pass 'inline': option 'ops' names {', '.join(unknown)}, which cannot "
+                                  f"be inlined; choose from {', '.join(INLINABLE)}")
 
     def run(self, graph: Graph, ctx) -> Graph:
         return inline_calls(graph, self.ops, self.marked_only)

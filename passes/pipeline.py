@@ -1,9 +1,11 @@
 """Pipelines: an ordered list of configured passes, read from and written as a string.
 
-    dce,cse,canonicalize{fold_limit=64,erase_dead=false},print{label="after cleanup"}
+    dce,cse,canonicalize{fold-limit=64,erase-dead=false},print{label="after cleanup"}
 
 Grammar: entries separated by commas; an entry is a pass name or a pipeline alias (like `default`),
 optionally followed by `{key=value,...}`; a value is a bare word, a "quoted string" or `[v1,v2]`.
+Option keys are the pass's field names, written with hyphens (`fold-limit`) or as in Python
+(`fold_limit`); a parsed pipeline prints them as written, a built one with hyphens.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from shardkit.ir import Graph
 
-from .base import Pass, format_pass, make_pass
+from .base import Pass, format_entry, make_pass
 from .errors import PipelineError
 from .options import Quoted
 from .registry import alias_text, get_pass, unknown_pass_error
@@ -147,8 +149,8 @@ class _Reader:
         except KeyError:
             raise unknown_pass_error(name, f" at column {start + 1} of pipeline {self.text!r}") from None
         p = make_pass(cls, raw)
-        explicit = {key: getattr(p, key) for key in raw}
-        return format_pass(p, explicit), (p,)
+        explicit = [(key, getattr(p, key.replace("-", "_"))) for key in raw]  # spelled as written
+        return format_entry(p.name, explicit), (p,)
 
     def options(self, pass_name: str) -> dict[str, Any]:
         self.expect("{")
@@ -164,7 +166,7 @@ class _Reader:
                 raise self.fail(f"expected an option name for pass '{pass_name}'")
             key = match.group()
             self.pos = match.end()
-            if key in raw:
+            if any(k.replace("-", "_") == key.replace("-", "_") for k in raw):
                 raise self.fail(f"option '{key}' of pass '{pass_name}' is given twice", key_pos)
             self.expect("=")
             raw[key] = self.value()

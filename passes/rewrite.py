@@ -204,8 +204,10 @@ def apply_patterns(graph: Graph, patterns: Iterable[Pattern], *, ctx=None, recur
     """Rewrite `graph` greedily with `patterns` until no pattern applies.
 
     erase_dead: also erase pure ops whose results are unused. max_rewrites bounds the number of
-    rewrites (default 10 per op plus 1000) and raises RewriteError when patterns keep firing (a
-    cycle). trace: record every rewrite in `result.trace` for debugging.
+    rewrites per graph (each region adds its own allowance; default 10 per op plus 1000) and raises
+    RewriteError when patterns keep firing (a cycle). trace: record every rewrite in
+    `result.trace` for debugging. Ops that patterns create are matched too, but regions they
+    carry are not rewritten again.
     """
     pset = PatternSet(patterns)
     by_name: dict[str, list[Pattern]] = {}

@@ -133,7 +133,11 @@ class _Engine:
         self.state[value] = dims
 
     def pin(self, value: Value, sharding: Sharding, label: str) -> None:
-        self.state[value] = [DimState(d.axes, True, 0, f"{label} spec") for d in sharding.dims]
+        """Fix the value's dims to the pin's axes; an open dim without axes stays free to propagate."""
+        current = self.state.get(value) or [DimState() for _ in sharding.dims]
+        self.state[value] = [current[d] if ds.is_open and not ds.axes
+                             else DimState(ds.axes, not ds.is_open, 0, f"{label} spec")
+                             for d, ds in enumerate(sharding.dims)]
 
     def tie(self, tie: Tie, label: str) -> None:
         outer, inner = tie.outer, tie.inner

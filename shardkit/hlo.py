@@ -17,6 +17,7 @@ _KINDS = {"all-reduce": "all-reduce", "all-gather": "all-gather", "reduce-scatte
 _LINE = re.compile(r"=\s*(?P<type>\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?)\s+"
                    r"(?P<kind>all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
                    r"(?P<start>-start)?\(")
+_COMMENT = re.compile(r"/\*.*?\*/")
 _ARRAY = re.compile(r"([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
           "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 1, "u4": 1,
@@ -78,6 +79,7 @@ def collectives_from_hlo(text: str, mesh=None) -> list[Collective]:
     mesh_shape = MeshShape.of(mesh) if mesh is not None else None
     found = []
     for line in text.splitlines():
+        line = _COMMENT.sub("", line)  # big tuples carry /*index=5*/ markers
         m = _LINE.search(line)
         if not m:
             continue

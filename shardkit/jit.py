@@ -26,11 +26,19 @@ def broadcast_specs(specs, tree, what: str) -> list:
         return [None] * len(jax.tree_util.tree_leaves(tree))
     try:
         per_leaf = jax.tree_util.tree_map(
-            lambda spec, sub: [spec] * len(jax.tree_util.tree_leaves(sub)), specs, tree, is_leaf=_is_spec)
+            lambda spec, sub: _Group([spec] * len(jax.tree_util.tree_leaves(sub))), specs, tree, is_leaf=_is_spec)
     except ValueError as e:
         raise ShardingError(f"{what} do not match the structure of the values they describe: {e}")
-    return [s for group in jax.tree_util.tree_leaves(per_leaf, is_leaf=lambda x: isinstance(x, list))
-            for s in group]
+    return [s for group in jax.tree_util.tree_leaves(per_leaf, is_leaf=lambda x: isinstance(x, _Group))
+            for s in group.specs]
+
+
+class _Group:
+    """The specs of one spec-tree leaf's subtree (an opaque pytree leaf, unlike a list, which specs
+    trees may themselves contain)."""
+
+    def __init__(self, specs: list):
+        self.specs = specs
 
 
 def _arg_names(fn, count: int) -> list[str]:
@@ -51,6 +59,8 @@ class Build:
     lowered: LoweredFunction
     ctx: Any
     propagation: Any
+    propagated: Graph | None = None
+    """With lowering="spmd": the sharded graph before partitioning (`graph` is the per-device program)."""
 
 
 class ShardedFunction:
@@ -58,8 +68,10 @@ class ShardedFunction:
 
     def __init__(self, fn: Callable, mesh, in_specs=None, out_specs=None, pipeline: str = DEFAULT_PIPELINE,
                  lowering: str = "xla", allow_uneven: bool = False, axis_rules=None):
-        if lowering not in ("xla",):
-            raise ShardingError(f"sk.jit: lowering={lowering!r} is not available; use lowering='xla'")
+        if lowering not in ("xla", "spmd"):
+            raise ShardingError(f"sk.jit: lowering={lowering!r} is not available; use lowering='xla' "
+                                f"(XLA's partitioner) or lowering='spmd' (shardkit's own)")
+        self.lowering = lowering
         self.fn = fn
         self.mesh = resolve_mesh(mesh)
         if self.mesh is None:
@@ -160,7 +172,15 @@ class ShardedFunction:
             graph = Pipeline.parse(self.pipeline).run(graph, mesh=self.mesh, ctx=ctx)
             graph, completed = complete_shardings(graph, self.mesh_shape)
             propagation = completed or ctx.analyses.peek(PropagationResult, graph)
-            self._cache[key] = Build(graph, LoweredFunction(graph, self.mesh), ctx, propagation)
+            propagated = None
+            if self.lowering == "spmd":
+                from shardkit.passes.partition import is_partitioned, partition_graph
+                if not is_partitioned(graph):
+                    propagated = graph
+                    ctx.diagnostics.current_pass = "partition"
+                    graph = partition_graph(graph, self.mesh, warn=ctx.diagnostics.warning)
+                    ctx.diagnostics.current_pass = None
+            self._cache[key] = Build(graph, LoweredFunction(graph, self.mesh), ctx, propagation, propagated)
         return self._cache[key]
 
     # -- public -----------------------------------------------------------------------------------

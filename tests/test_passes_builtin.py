@@ -6,6 +6,7 @@ import io
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import shardkit as sk
@@ -113,10 +114,10 @@ def test_canonicalize_options():
   return %5
 }
 """
-    assert names(run(text, "canonicalize")) == ["iota", "add"]  # 32 elements > fold_limit=16
-    assert names(run(text, "canonicalize{fold_limit=64}")) == ["constant", "add"]
+    assert names(run(text, "canonicalize")) == ["iota", "add"]  # 32 elements > fold-limit=16
+    assert names(run(text, "canonicalize{fold-limit=64}")) == ["constant", "add"]
     # the rewritten mul goes (it is pure and unused), the dead cos stays without erase_dead
-    assert names(run(text, "canonicalize{erase_dead=false,fold_limit=0}")) == ["iota", "constant", "cos", "add"]
+    assert names(run(text, "canonicalize{erase-dead=false,fold-limit=0}")) == ["iota", "constant", "cos", "add"]
     ctx = passes.PassContext()
     run(text, "canonicalize{trace=true}", ctx=ctx)
     assert [d.message for d in ctx.diagnostics] == ["fired mul_by_one on mul"]
@@ -195,3 +196,18 @@ def test_effect_queries():
     constraint, mul = g.ops[0], g.ops[4]
     assert passes.is_pure(mul) and not passes.must_keep(mul)
     assert not passes.is_random(constraint) and not passes.is_collective(constraint)
+
+
+def test_inline_refuses_ops_that_are_not_calls():
+    with pytest.raises(passes.PassOptionError, match="scan, which cannot be inlined"):
+        Pipeline.parse("inline{ops=[jit,scan]}")
+    assert Pipeline.parse("inline{ops=[remat2]}")[0].ops == ("remat2",)
+
+
+def test_inline_remat_keeps_numbers():
+    fn = jax.checkpoint(lambda x: jnp.sin(jnp.sin(x)) * x)
+    x = jnp.linspace(0.0, 1.0, 8)
+    graph = sk.capture(jax.grad(lambda x: fn(x).sum()), x)
+    out = Pipeline.parse("inline{ops=[remat2,jit,pjit]},canonicalize,cse,dce").run(graph, verify=True)
+    assert not any(op.name == "remat2" for op in out.walk())
+    np.testing.assert_allclose(sk.lower(out)(x), jax.grad(lambda x: fn(x).sum())(x), rtol=1e-6)

@@ -324,3 +324,19 @@ def test_context_carries_mesh_and_options():
 def test_manager_rejects_non_graphs():
     with pytest.raises(PassError, match="expects a shardkit.ir.Graph"):
         Pipeline.parse("dce").run("graph @f() {}")
+
+
+def test_reproducer_records_the_mesh(tmp_path):
+    with pytest.raises(PassError) as info:
+        Pipeline.parse("test-raises").run(graph(), mesh={"data": 4, "model": 2}, reproducer_dir=tmp_path)
+    repro = passes.load_reproducer(info.value.reproducer)
+    assert repro.mesh == sk.ir.MeshShape((("data", 4), ("model", 2)))
+    assert "RuntimeError: something inside the pass went wrong" in repro.error
+    assert str(repro.graph()) == SOURCE
+
+
+def test_load_reproducer_rejects_other_files(tmp_path):
+    path = tmp_path / "not-a-reproducer.skir"
+    path.write_text(SOURCE)
+    with pytest.raises(sk.ir.ShardkitError, match="is not a shardkit pass reproducer"):
+        passes.load_reproducer(path)

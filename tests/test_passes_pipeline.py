@@ -64,7 +64,8 @@ def test_parse_options_of_every_type():
     "dce,cse,canonicalize",
     "test-configurable{mode=aggressive}",
     "dce,test-configurable{steps=3,label=\"two words\"},print{label=x}",
-    "canonicalize{fold_limit=16}",                       # an explicit default is kept as written
+    "canonicalize{fold-limit=16}",                       # an explicit default is kept as written
+    "canonicalize{fold_limit=16,erase-dead=false}",      # so is the spelling of each key
     "test-configurable{axes=[a,b],limit=none,scale=0.25}",
     "default,print",
     "inline{ops=[jit,pjit]},inline{ops=[]}",
@@ -79,13 +80,13 @@ def test_round_trip(text):
 def test_str_normalises_spacing_and_built_pipelines_show_changed_options():
     assert str(Pipeline.parse(" dce , cse{ regions = false } ")) == "dce,cse{regions=false}"
     built = Pipeline([passes.Canonicalize(fold_limit=4), passes.DeadCodeElimination()])
-    assert str(built) == "canonicalize{fold_limit=4},dce"
+    assert str(built) == "canonicalize{fold-limit=4},dce"
     assert Pipeline.parse(str(built)) == built
 
 
 def test_alias_expands_and_composes():
     assert "default" in passes.registered_pipelines()
-    passes.register_pipeline("test-cleanup", "canonicalize{fold_limit=4},cse,dce", replace=True)
+    passes.register_pipeline("test-cleanup", "canonicalize{fold-limit=4},cse,dce", replace=True)
     p = Pipeline.parse("test-cleanup,print")
     assert [q.name for q in p] == ["canonicalize", "cse", "dce", "print"]
     assert p[0].fold_limit == 4
@@ -112,10 +113,10 @@ def test_unknown_pass_lists_valid_ones():
 
 def test_bad_option_value_lists_options():
     with pytest.raises(PassOptionError) as info:
-        Pipeline.parse("canonicalize{fold_limit=lots}")
+        Pipeline.parse("canonicalize{fold-limit=lots}")
     message = str(info.value)
-    assert "fold_limit" in message and "expected int" in message and "'lots'" in message
-    assert "erase_dead: bool = true" in message
+    assert "option 'fold-limit' expected int" in message and "'lots'" in message
+    assert "erase-dead: bool = true" in message
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -125,6 +126,7 @@ def test_bad_option_value_lists_options():
     ("test-configurable{steps=\"3\"}", "quoted string"),
     ("test-configurable{nope=1}", "unknown option 'nope'"),
     ("test-configurable{steps=1,steps=2}", "given twice"),
+    ("canonicalize{fold_limit=1,fold-limit=2}", "given twice"),
     ("default{x=1}", "alias .default. takes no options"),
     ("dce{x=1}", r"its options are dce\{regions: bool = true\}"),
 ])
@@ -217,3 +219,15 @@ def test_required_option_must_be_given():
         assert str(Pipeline([NeedsOption(3)])) == "test-needs-option{factor=3}"
     finally:
         passes.unregister("test-needs-option")
+
+
+def test_name_must_not_be_an_option():
+    @dataclass(frozen=True)
+    class NameAsField(Pass):
+        name: str = "test-name-as-field"
+
+        def run(self, graph, ctx):
+            return graph
+
+    with pytest.raises(PassOptionError, match="plain class attribute"):
+        passes.register(NameAsField)

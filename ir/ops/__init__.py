@@ -1,2 +1,2 @@
 """Dedicated op definitions. Importing this package registers them."""
-from . import core, control_flow, lax  # noqa: F401
+from . import core, control_flow, lax, collectives  # noqa: F401

@@ -18,7 +18,10 @@ def _to_jax(value, op, interp):
         if interp is None:
             raise ValueError("a region param needs an interpreter to be traced")
         region = op.regions[value.index]
-        fn = interp.region_fn(region)
+        # a region of scalars is a reducer or comparator (scatter, reduce, sort): sharding constraints
+        # inside it would only stop XLA from recognising the reduction (e.g. scatter-add's all-reduce)
+        scalar = all(v.type.rank == 0 for v in region.inputs + region.outputs)
+        fn = interp.region_fn(region, apply_shardings=False if scalar else None)
         types = [(v.type.shape, v.type.dtype) for v in region.inputs]
         return _jax.make_closed_jaxpr(fn, types) if value.closed else _jax.make_open_jaxpr(fn, types)
     if type(value) is tuple:

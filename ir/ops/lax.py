@@ -32,10 +32,11 @@ def elementwise_rule(op) -> FactorRule | None:
     for i, v in enumerate(op.operands):
         if v.type.rank == 0 and shape:
             continue
-        if v.type.shape != shape:
+        if v.type.rank != len(shape) or any(n != m and n != 1 for n, m in zip(v.type.shape, shape)):
             return None
         for d, f in enumerate(factors):
-            b.operand(i, d, f)
+            if v.type.shape[d] == shape[d]:  # a size-1 dim broadcast against a larger one stays unmapped
+                b.operand(i, d, f)
     for i in range(len(op.results)):
         for d, f in enumerate(factors):
             b.result(i, d, f)
@@ -485,5 +486,5 @@ def reduce_window_rule(op) -> FactorRule:
     return b.build()
 
 
-_attach(("reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"),
-        reduce_window_rule)
+_attach(("reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window",
+         "select_and_scatter_add", "select_and_gather_add"), reduce_window_rule)

@@ -1,0 +1,544 @@
+"""The `auto-shard` pass: choose shardings with no hints by solving an integer linear program.
+
+Model. Dimensions that an op's factor rule (or a region tie) says must be split alike are merged into
+*classes* (union-find over value dimensions), so an element-wise chain or the batch dimension of a
+whole network is one decision. Each class picks an ordered tuple of mesh axes (or none) whose product
+divides its size. Every op — and every graph input — is a *site* that picks one joint candidate over
+the classes it touches (no mesh axis twice), linked to the class choices by equality constraints, so
+the costs below are exact per candidate and the program stays linear:
+
+* compute: the op's flops divided by the shards of its factors;
+* communication inside the op: an all-reduce over the axes of sharded reduction factors;
+* resharding: a dimension the op needs whole (a replication factor, the minor part of a merged reshape
+  dimension, an op without a rule) is all-gathered; a hint op reshards to its fixed sharding;
+* memory: at each point of the top-level schedule, the live values' per-device bytes stay under
+  `memory-limit`.
+
+Costs use the alpha-beta model (`objective=time`, the default) or bytes alone (`objective=comm`).
+Scan bodies are one set of decisions weighted by the trip count, so a scan over layers is solved once.
+User hints (and input specs) are hard constraints. The ILP is solved by scipy's HiGHS `milp` with a
+time limit; if it finds nothing in time the pass warns and falls back to a greedy choice (shard the
+largest class over every axis that divides it) completed by sharding propagation.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from shardkit.ir import Graph, MeshShape, Op, Sharding, ShardingError, Value
+from shardkit.ir.factors import Pin, Tie
+from shardkit.ir.sharding import DimSharding
+
+from .base import Pass
+from .communication import CostModel, ring_bytes
+from .registry import register
+from .sharding_engine import propagate
+
+_HINT_OPS = ("hint", "sharding_constraint")
+
+
+class AutoShardInfeasible(ShardingError):
+    """No sharding fits the memory limit; `smallest_limit` is the smallest per-device limit that does."""
+
+    def __init__(self, message: str, smallest_limit: int | None):
+        super().__init__(message)
+        self.smallest_limit = smallest_limit
+
+
+@dataclass
+class _Site:
+    label: str
+    op: Op | None
+    classes: list[int]
+    candidates: list[dict[int, tuple[str, ...]]] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
+    weight: float = 1.0
+
+
+@dataclass
+class AutoShardResult:
+    """What auto-shard chose: axes per class, the objective value, and whether the solver proved it."""
+
+    graph: Graph
+    class_axes: dict[int, tuple[str, ...]]
+    objective: float
+    optimal: bool
+    fallback: bool
+    num_variables: int
+    seconds: float
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+
+def _ordered_assignments(mesh: MeshShape, classes: list[int], sizes: dict[int, int],
+                         fixed: dict[int, tuple[str, ...]], axes_allowed: tuple[str, ...]):
+    """Every joint choice: each allowed mesh axis goes to at most one class (in mesh order)."""
+    free = [c for c in classes if c not in fixed]
+    used_fixed = {a for c in classes if c in fixed for a in fixed[c]}
+    axes = [a for a in axes_allowed if a not in used_fixed]
+    results = []
+    for owners in itertools.product([None] + free, repeat=len(axes)):
+        per_class: dict[int, list[str]] = {c: [] for c in free}
+        for axis, owner in zip(axes, owners):
+            if owner is not None:
+                per_class[owner].append(axis)
+        # axes keep mesh order within a class: other orders only permute devices, never bytes
+        options = [[(c, tuple(per_class[c]))] for c in free]
+        for combo in itertools.product(*options):
+            choice = dict(fixed_item for fixed_item in fixed.items() if fixed_item[0] in classes)
+            ok = True
+            for c, perm in combo:
+                if sizes[c] % math.prod(mesh.size(a) for a in perm):
+                    ok = False
+                    break
+                choice[c] = tuple(perm)
+            if ok:
+                results.append(choice)
+    return results
+
+
+class _Model:
+    def __init__(self, graph: Graph, mesh: MeshShape, cost: CostModel, objective: str, flops_per_s: float,
+                 axes_allowed: tuple[str, ...]):
+        self.graph, self.mesh, self.cost = graph, mesh, cost
+        self.objective, self.flops_per_s = objective, flops_per_s
+        self.axes_allowed = axes_allowed
+        self.uf = _UnionFind()
+        self.fixed_units: dict[tuple, tuple[str, ...]] = {}
+        self.sites: list[_Site] = []
+        self.pending: list[tuple] = []
+        self.values: list[Value] = []
+
+    # -- structure ------------------------------------------------------------------------------
+    def unit(self, value: Value, dim: int):
+        return ("v", id(value), dim)
+
+    def collect(self, graph: Graph, weight: float, where: str = "") -> None:
+        for v in graph.inputs:
+            self.add_value(v)
+        for index, op in enumerate(graph.ops):
+            label = f"{where}{op.name}#{index}"
+            for v in op.results:
+                self.add_value(v)
+            definition = op.definition
+            if definition.region_ties is not None:
+                for item in definition.region_ties(op):
+                    if isinstance(item, Pin):
+                        for d, ds in enumerate(item.sharding.dims):
+                            self.fixed_units[self.unit(item.value, d)] = ds.axes
+                    elif isinstance(item, Tie):
+                        off = 1 if item.stacked else 0
+                        for v in (item.outer, item.inner):
+                            self.add_value(v)
+                        for d in range(item.inner.type.rank):
+                            self.uf.union(self.unit(item.outer, d + off), self.unit(item.inner, d))
+                if op.name != "shard_map":
+                    inner = weight * (int(op.params["length"]) if op.name == "scan" else 1)
+                    for r, region in enumerate(op.regions):
+                        self.collect(region, inner, f"{label}/region{r}/")
+                continue
+            rule = definition.sharding_rule(op) if definition.sharding_rule is not None else None
+            self.pending.append((op, rule, label, weight))
+            if op.name in _HINT_OPS:
+                sharding = op.results[0].type.sharding
+                if sharding is not None:
+                    for d, ds in enumerate(sharding.dims):
+                        if not ds.is_open:
+                            self.fixed_units[self.unit(op.results[0], d)] = ds.axes
+                continue
+            if rule is None:
+                continue
+            for value, mapping in zip(list(op.operands) + list(op.results), list(rule.operands) + list(rule.results)):
+                for d, factors in enumerate(mapping):
+                    if factors:
+                        self.uf.union(self.unit(value, d), ("f", id(op), factors[0]))
+
+    def add_value(self, value: Value) -> None:
+        if ("seen", id(value)) in self.uf.parent:
+            return
+        self.uf.parent[("seen", id(value))] = ("seen", id(value))
+        self.values.append(value)
+        sharding = value.type.sharding
+        for d in range(value.type.rank):
+            self.uf.find(self.unit(value, d))
+            if sharding is not None and not sharding.dims[d].is_open and sharding.priority in (0, None) \
+                    and value in self.graph.inputs:
+                self.fixed_units[self.unit(value, d)] = sharding.dims[d].axes
+
+    def build_classes(self) -> None:
+        roots = {}
+        self.class_of: dict[tuple, int] = {}
+        self.size: dict[int, int] = {}
+        self.fixed: dict[int, tuple[str, ...]] = {}
+        for value in self.values:
+            for d, n in enumerate(value.type.shape):
+                u = self.unit(value, d)
+                root = self.uf.find(u)
+                c = roots.setdefault(root, len(roots))
+                self.class_of[u] = c
+                self.size[c] = math.gcd(self.size.get(c, 0), n)
+                if u in self.fixed_units:
+                    self.fixed.setdefault(c, self.fixed_units[u])
+
+    def classes_of(self, value: Value) -> list[int]:
+        return [self.class_of[self.unit(value, d)] for d in range(value.type.rank)]
+
+    # -- costs --------------------------------------------------------------------------------------
+    def dims_under(self, value: Value, choice: dict[int, tuple[str, ...]]) -> list[tuple[str, ...]]:
+        return [choice.get(c, ()) for c in self.classes_of(value)]
+
+    def local_bytes(self, value: Value, dims) -> float:
+        return value.type.nbytes / math.prod(self.mesh.size(a) for d in dims for a in d)
+
+    def comm(self, kind: str, axes, operand: float, result: float) -> float:
+        n = math.prod(self.mesh.size(a) for a in axes)
+        b = ring_bytes(kind, n, operand, result)
+        if self.objective == "comm":
+            return b
+        return self.cost.latency_us * 1e-6 + b / (self.cost.default_bandwidth_gbps * 1e9) if b else 0.0
+
+    def gather_cost(self, value: Value, dims, needs_whole: set[int]) -> float:
+        axes = tuple(a for d in needs_whole for a in dims[d])
+        if not axes:
+            return 0.0
+        kept = [d if k not in needs_whole else () for k, d in enumerate(dims)]
+        result = self.local_bytes(value, kept)
+        return self.comm("all-gather", axes, result / math.prod(self.mesh.size(a) for a in axes), result)
+
+    def op_cost(self, op: Op, rule, choice) -> float:
+        cost = 0.0
+        tensors = list(op.operands) + list(op.results)
+        if op.name in _HINT_OPS:
+            have = self.dims_under(op.operands[0], choice)
+            need = self.dims_under(op.results[0], choice)
+            from .communication import reshard_collectives
+            for c in reshard_collectives(op.operands[0], have, need, self.mesh, ""):
+                cost += self.comm(c.kind, c.axes, c.bytes, c.bytes) if self.objective != "comm" else c.bytes
+            return cost
+        if rule is None:
+            for v in op.operands:
+                dims = self.dims_under(v, choice)
+                cost += self.gather_cost(v, dims, set(range(v.type.rank)))
+            return cost + self.compute(op, None, choice)
+        mappings = list(rule.operands) + list(rule.results)
+        for value, mapping in zip(tensors, mappings):
+            dims = self.dims_under(value, choice)
+            whole = {d for d, fs in enumerate(mapping) if fs and (fs[0] in rule.replication or
+                                                                   (len(fs) > 1 and dims[d]))}
+            whole |= {d for d, fs in enumerate(mapping) if not fs and dims[d]}
+            cost += self.gather_cost(value, dims, whole)
+        reduced = []
+        for f in rule.reduction:
+            for value, mapping in zip(op.operands, rule.operands):
+                for d, fs in enumerate(mapping):
+                    if fs and fs[0] == f:
+                        reduced.extend(a for a in choice.get(self.class_of[self.unit(value, d)], ())
+                                       if a not in reduced)
+        if reduced:
+            for value in op.results:
+                local = self.local_bytes(value, self.dims_under(value, choice))
+                cost += self.comm("all-reduce", reduced, local, local)
+        return cost + self.compute(op, rule, choice)
+
+    def compute(self, op: Op, rule, choice) -> float:
+        if rule is not None:
+            flops = math.prod(n for _, n in rule.sizes) * (2 if rule.reduction else 1)
+        else:
+            flops = max([v.type.size for v in list(op.operands) + list(op.results)] or [0])
+        used = {a for c in choice.values() for a in c}
+        shards = math.prod(self.mesh.size(a) for a in used) if rule is not None else 1
+        seconds = flops / shards / self.flops_per_s
+        return seconds if self.objective == "time" else seconds * 1e-3  # comm objective: tie-break only
+
+    def make_sites(self) -> None:
+        """One site per input and per op; ops over the same classes share a site (costs summed),
+        which is exact (their joint choices coincide) and keeps element-wise chains to one decision."""
+        cache: dict[tuple, list] = {}
+
+        def candidates(classes):
+            key = tuple(classes)
+            if key not in cache:
+                cache[key] = _ordered_assignments(self.mesh, classes, self.size, self.fixed, self.axes_allowed)
+            return cache[key]
+
+        for v in self.graph.inputs:
+            classes = sorted(set(self.classes_of(v)))
+            site = _Site("input", None, classes)
+            site.candidates = candidates(classes)
+            site.costs = [0.0] * len(site.candidates)
+            self.sites.append(site)
+        self.site_of_op: dict[int, int] = {}
+        by_classes: dict[tuple, int] = {}
+        for op, rule, label, weight in self.pending:
+            classes = sorted({c for v in list(op.operands) + list(op.results) for c in self.classes_of(v)})
+            costs = [weight * self.op_cost(op, rule, ch) for ch in candidates(classes)]
+            key = tuple(classes)
+            if key in by_classes:
+                site = self.sites[by_classes[key]]
+                site.costs = [a + b for a, b in zip(site.costs, costs)]
+            else:
+                by_classes[key] = len(self.sites)
+                site = _Site(label, op, classes, candidates(classes), costs, weight)
+                self.sites.append(site)
+            self.site_of_op[id(op)] = by_classes[key]
+
+    def class_candidates(self) -> dict[int, list[tuple[str, ...]]]:
+        out: dict[int, set] = {c: set() for c in self.size}
+        for site in self.sites:
+            for ch in site.candidates:
+                for c in site.classes:
+                    out[c].add(ch[c])
+        for c in out:
+            if not out[c]:
+                out[c] = {self.fixed.get(c, ())}
+        return {c: sorted(v) for c, v in out.items()}
+
+
+def _solve(model: _Model, memory_limit: float | None, time_limit: float, minimize_memory: bool = False,
+           mip_gap: float = 0.01):
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    class_cands = model.class_candidates()
+    x_index: dict[tuple[int, tuple], int] = {}
+    for c, cands in class_cands.items():
+        for a in cands:
+            x_index[(c, a)] = len(x_index)
+    y_index = []
+    n = len(x_index)
+    for site in model.sites:
+        y_index.append(list(range(n, n + len(site.candidates))))
+        n += len(site.candidates)
+    extra = 1 if minimize_memory else 0
+    total = n + extra
+    rows, lo, hi = [], [], []
+
+    def row(coeffs: dict[int, float], low: float, high: float):
+        rows.append(coeffs)
+        lo.append(low)
+        hi.append(high)
+
+    for c, cands in class_cands.items():
+        row({x_index[(c, a)]: 1.0 for a in cands}, 1, 1)
+    for site, ys in zip(model.sites, y_index):
+        if not ys:
+            raise ShardingError(f"auto-shard: no valid sharding candidate for {site.label}")
+        row({y: 1.0 for y in ys}, 1, 1)
+        for c in site.classes:
+            for a in class_cands[c]:
+                coeffs = {y: 1.0 for y, ch in zip(ys, site.candidates) if ch[c] == a}
+                coeffs[x_index[(c, a)]] = coeffs.get(x_index[(c, a)], 0.0) - 1.0
+                row(coeffs, 0, 0)
+    memory_rows = _memory_rows(model, y_index) if (memory_limit is not None or minimize_memory) else []
+    for coeffs in memory_rows:
+        if minimize_memory:
+            coeffs = dict(coeffs)
+            coeffs[total - 1] = -1.0
+            row(coeffs, -np.inf, 0)
+        elif memory_limit is not None:
+            row(coeffs, -np.inf, memory_limit)
+    r_idx, c_idx, vals = [], [], []
+    for i, coeffs in enumerate(rows):
+        for j, v in coeffs.items():
+            r_idx.append(i)
+            c_idx.append(j)
+            vals.append(v)
+    A = coo_matrix((vals, (r_idx, c_idx)), shape=(len(rows), total))
+    cost = np.zeros(total)
+    if minimize_memory:
+        cost[total - 1] = 1.0
+    else:
+        for site, ys in zip(model.sites, y_index):
+            for y, value in zip(ys, site.costs):
+                cost[y] = value
+        scale = max(float(np.max(np.abs(cost))), 1e-30)
+        cost = cost / scale
+    integrality = np.ones(total)
+    upper = np.ones(total)
+    if minimize_memory:
+        integrality[-1] = 0
+        upper[-1] = np.inf
+    res = milp(cost, integrality=integrality, bounds=Bounds(np.zeros(total), upper),
+               constraints=LinearConstraint(A.tocsr(), np.array(lo), np.array(hi)),
+               options={"time_limit": time_limit, "disp": False, "mip_rel_gap": mip_gap})
+    return res, x_index, total
+
+
+def _memory_rows(model: _Model, y_index) -> list[dict[int, float]]:
+    """Per program point of the top-level schedule: the per-device bytes of live values, as rows."""
+    graph = model.graph
+    producer_site: dict[Value, int] = {}
+    for op, _, _, _ in model.pending:
+        for v in op.results:
+            producer_site[v] = model.site_of_op[id(op)]
+    for k, v in enumerate(graph.inputs):
+        producer_site[v] = k
+    last_use: dict[Value, int] = {}
+    for index, op in enumerate(graph.ops):
+        for v in op.operands:
+            last_use[v] = index
+    for v in graph.outputs:
+        last_use[v] = len(graph.ops)
+
+    def bytes_row(value: Value) -> dict[int, float]:
+        s = producer_site.get(value)
+        if s is None:
+            return {}
+        site = model.sites[s]
+        return {y: model.local_bytes(value, model.dims_under(value, ch)) for y, ch in zip(y_index[s], site.candidates)}
+
+    rows = []
+    live = {v: bytes_row(v) for v in graph.inputs}
+    for index, op in enumerate(graph.ops):
+        for v in op.results:
+            live[v] = bytes_row(v)
+        row: dict[int, float] = {}
+        for coeffs in live.values():
+            for y, b in coeffs.items():
+                row[y] = row.get(y, 0.0) + b
+        rows.append(row)
+        for v in list(live):
+            if last_use.get(v, -1) <= index and v not in graph.outputs:
+                del live[v]
+    if not graph.ops:
+        rows.append({y: b for v in graph.inputs for y, b in bytes_row(v).items()})
+    return rows
+
+
+def auto_shard(graph: Graph, mesh: MeshShape, memory_limit: float | None = None, objective: str = "time",
+               time_limit: float = 20.0, mesh_axes: tuple[str, ...] = (), flops_per_s: float = 1e12,
+               bandwidth_gbps: float = 50.0, latency_us: float = 1.0) -> AutoShardResult:
+    """Choose shardings for every value of `graph` over `mesh` (see the module docstring)."""
+    import time
+    if objective not in ("time", "comm"):
+        raise ShardingError(f"auto-shard: objective must be 'time' or 'comm', got {objective!r}")
+    axes_allowed = tuple(mesh_axes) or mesh.names
+    for a in axes_allowed:
+        mesh.size(a)
+    started = time.perf_counter()
+    model = _Model(graph, mesh, CostModel({}, bandwidth_gbps, latency_us), objective, flops_per_s, axes_allowed)
+    model.collect(graph, 1.0)
+    model.build_classes()
+    model.make_sites()
+    res, x_index, total = _solve(model, memory_limit, time_limit)
+    fallback = False
+    if res.x is None:
+        if res.status == 2 or (memory_limit is not None and res.status not in (1,)):
+            best = _solve(model, None, time_limit, minimize_memory=True)[0]
+            smallest = int(math.ceil(best.x[-1])) if best.x is not None else None
+            if res.status == 2:
+                raise AutoShardInfeasible(
+                    f"auto-shard: no sharding fits memory-limit={int(memory_limit or 0)} bytes per device; "
+                    f"the smallest feasible limit found is {smallest} bytes", smallest)
+        warnings.warn(f"auto-shard: the ILP solver found no solution within {time_limit}s "
+                      f"({res.message}); falling back to greedy data parallelism plus propagation")
+        fallback = True
+        chosen = _greedy(model)
+        objective_value = float("nan")
+    else:
+        chosen = {}
+        for (c, a), i in x_index.items():
+            if res.x[i] > 0.5:
+                chosen[c] = a
+        objective_value = float(res.fun)
+    sharded = _apply(model, graph, chosen)
+    return AutoShardResult(sharded, chosen, objective_value, res.status == 0, fallback, total,
+                           time.perf_counter() - started)
+
+
+def _greedy(model: _Model) -> dict[int, tuple[str, ...]]:
+    weight: dict[int, float] = {}
+    for v in model.values:
+        for c in model.classes_of(v):
+            weight[c] = weight.get(c, 0.0) + v.type.nbytes
+    chosen = dict(model.fixed)
+    if weight:
+        best = max((c for c in weight if c not in chosen), key=lambda c: weight[c], default=None)
+        if best is not None:
+            axes, product = [], 1
+            for a in model.axes_allowed:
+                if model.size[best] % (product * model.mesh.size(a)) == 0:
+                    axes.append(a)
+                    product *= model.mesh.size(a)
+            chosen[best] = tuple(axes)
+    return chosen
+
+
+def _apply(model: _Model, graph: Graph, chosen: dict[int, tuple[str, ...]]) -> Graph:
+    """Graph whose values carry the chosen axes as open shardings of priority 1 (hints keep theirs)."""
+    def sharding_for(value: Value) -> Sharding | None:
+        old = value.type.sharding
+        if old is not None and old.priority == 0:
+            return old
+        dims, used = [], set()
+        for c in model.classes_of(value):
+            axes = tuple(a for a in chosen.get(c, ()) if a not in used)
+            used.update(axes)
+            dims.append(DimSharding(axes, is_open=False))
+        return Sharding(tuple(dims), priority=1)
+
+    def rebuild(g: Graph) -> Graph:
+        types = {v: v.type.with_sharding(sharding_for(v)) for v in g.inputs}
+        ops = []
+        for op in g.ops:
+            regions = op.regions if op.name == "shard_map" else tuple(rebuild(r) for r in op.regions)
+            types.update({v: v.type.with_sharding(sharding_for(v)) for v in op.results})
+            ops.append(op.replace(regions=regions) if regions != op.regions else op)
+        return g.replace(ops=tuple(ops)).with_types(types)
+
+    return rebuild(graph)
+
+
+@register
+@dataclass(frozen=True)
+class AutoShard(Pass):
+    """Choose a sharding for every value with no hints needed (ILP over factor classes; see module doc).
+
+    memory_limit: per-device bytes (0 = no limit); objective: `time` (alpha-beta + compute) or `comm`
+    (bytes); mesh_axes: restrict which axes may be used; time_limit: solver seconds before fallback.
+    """
+
+    name: ClassVar[str] = "auto-shard"
+    guarantees: ClassVar[frozenset[str]] = frozenset({"sharded"})
+    memory_limit: int = 0
+    objective: str = "time"
+    mesh_axes: tuple[str, ...] = ()
+    time_limit: float = 20.0
+
+    def run(self, graph: Graph, ctx) -> Graph:
+        mesh = ctx.mesh_shape if ctx is not None and ctx.mesh is not None else graph.mesh
+        if mesh is None:
+            raise ShardingError("auto-shard needs a mesh: run the pipeline with mesh=...")
+        result = auto_shard(graph.replace(mesh=mesh), mesh, self.memory_limit or None, self.objective,
+                            self.time_limit, self.mesh_axes)
+        if ctx is not None:
+            ctx.analyses.put(AutoShardResult, result.graph, result)
+            ctx.diagnostics.note(
+                f"auto-shard: {result.num_variables} variables, objective {result.objective:.4g}, "
+                f"{'optimal' if result.optimal else 'fallback' if result.fallback else 'time-limited'} "
+                f"in {result.seconds:.2f}s")
+        completed = propagate(result.graph, mesh)
+        if ctx is not None:
+            from .sharding_engine import PropagationResult
+            ctx.analyses.put(PropagationResult, completed.graph, completed)
+        return completed.graph
