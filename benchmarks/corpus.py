@@ -312,16 +312,18 @@ def _moe_loss(params, x, c=None):
     keep = mask * (position < capacity)
     dispatch = keep[..., None] * jax.nn.one_hot(position.astype(jnp.int32), capacity, dtype=x.dtype)
     combine = dispatch * jnp.sum(gates * mask, -1)[..., None, None]           # g s e c
-    expert_in = c(jnp.einsum("gsec,gsd->egcd", dispatch, x), "data", None, None, None)  # all-to-all
+    expert_in = c(jnp.einsum("gsec,gsd->egcd", dispatch, x), None, "data", None, None)  # local
+    expert_in = c(expert_in, "data", None, None, None)                         # all-to-all to the experts
     h = c(jax.nn.relu(jnp.einsum("egcd,edf->egcf", expert_in, params["w1"])), "data", None, None, "model")
     expert_out = c(jnp.einsum("egcf,efd->egcd", h, params["w2"]), "data", None, None, None)
-    y = c(jnp.einsum("gsec,egcd->gsd", combine, expert_out), "data", None, None)  # all-to-all back
+    expert_out = c(expert_out, None, "data", None, None)                      # all-to-all back
+    y = c(jnp.einsum("gsec,egcd->gsd", combine, expert_out), "data", None, None)
     return jnp.mean((y + x) ** 2)
 
 
 def moe(mesh) -> Case:
     k = _keys(6, 4)
-    groups, group_size, d, ff, experts = 8, 32, 32, 64, 4
+    groups, group_size, d, ff, experts = 8, 32, 32, 128, 4
     params = {"router": _normal(k[0], (d, experts)), "w1": _normal(k[1], (experts, d, ff)),
               "w2": _normal(k[2], (experts, ff, d))}
     x = _normal(k[3], (groups, group_size, d), 1.0)

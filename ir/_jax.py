@@ -160,10 +160,11 @@ def trace(fn: Callable, args: tuple, kwargs: dict):
     """Trace `fn` to a closed jaxpr; returns (closed_jaxpr, output shape pytree).
 
     Mutable arrays the function makes for itself (`jax.new_ref`) are discharged into pure array
-    code, since the IR holds arrays only.
+    code, and primitives over non-array values (shardkit.functional) are applied away, since the IR
+    holds arrays only.
     """
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args, **kwargs)
-    return discharge_refs(closed), out_shape
+    return discharge_refs(lower_high_jaxpr(closed)), out_shape
 
 
 def discharge_refs(jaxpr):
@@ -467,3 +468,52 @@ def apply_primitive(prim: Primitive, *args, **params):
     """Evaluate a primitive eagerly by compiling its lowering (what JAX does for lax primitives)."""
     from jax._src import dispatch
     return dispatch.apply_primitive(prim, *args, **params)
+
+
+# -- non-array JAX values (shardkit's functional `Function`), via JAX's hijax types ----------------
+
+
+def high_type_base() -> type:
+    """The base class of types of non-array JAX values (`jax._src.hijax.HiType`): a subclass says how
+    a value lowers to arrays (`lo_ty`, `lower_val`, `raise_val`) and how tangents add and vanish."""
+    from jax._src import hijax
+    return hijax.HiType
+
+
+def register_high_type(value_class: type, type_of: Callable) -> None:
+    """Make instances of `value_class` JAX values whose type is `type_of(value)`."""
+    from jax._src import hijax
+    hijax.register_hitype(value_class, type_of)
+
+
+def define_high_primitive(name: str, *, apply: Callable, abstract_eval: Callable,
+                          multiple_results: bool = False, jvp: Callable | None = None,
+                          transpose: Callable | None = None, batch: Callable | None = None) -> Primitive:
+    """A primitive over non-array values: `apply(*args, **params)` runs it on values (eagerly, and
+    when a jaxpr that holds it is lowered to arrays, with array tracers inside the values);
+    abstract_eval/jvp/transpose/batch as in `define_primitive`."""
+    from jax._src.interpreters import ad, batching
+
+    prim = Primitive(name)
+    prim.multiple_results = multiple_results
+    prim.is_high = lambda *avals, **params: True
+    prim.to_lojax = apply
+    prim.def_impl(apply)
+    prim.def_abstract_eval(abstract_eval)
+    if jvp is not None:
+        ad.primitive_jvps[prim] = jvp
+    if transpose is not None:
+        ad.primitive_transposes[prim] = transpose
+    if batch is not None:
+        batching.primitive_batchers[prim] = batch
+    remember_primitive(prim)
+    return prim
+
+
+def lower_high_jaxpr(closed):
+    """A closed jaxpr over arrays only: primitives over non-array values are applied away (a jaxpr
+    without them is returned unchanged)."""
+    if not closed.jaxpr.is_high:
+        return closed
+    from jax._src.interpreters import partial_eval as pe
+    return pe.lower_jaxpr2(closed)

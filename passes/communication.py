@@ -98,7 +98,8 @@ def reshard_collectives(value: Value, have, need, mesh: MeshShape, where: str) -
 
 
 def _factor_axes(rule, op: Op, mesh: MeshShape) -> dict[str, tuple[str, ...]]:
-    axes: dict[str, tuple[str, ...]] = {}
+    axes: dict[str, tuple[str, ...]] = {f: () for f in rule.replication}
+    used: set[str] = set()
     sizes = rule.size_of
 
     def read(value, mapping):
@@ -109,14 +110,19 @@ def _factor_axes(rule, op: Op, mesh: MeshShape) -> dict[str, tuple[str, ...]]:
                 while have and sizes[f] % (product * mesh.size(have[0])) == 0 and product < sizes[f]:
                     product *= mesh.size(have[0])
                     taken.append(have.pop(0))
-                axes.setdefault(f, tuple(taken))
+                if f not in axes:  # results first; an axis serves one factor (operands holding it elsewhere move)
+                    kept = []
+                    for axis in taken:
+                        if axis in used:
+                            break
+                        kept.append(axis)
+                    axes[f] = tuple(kept)
+                    used.update(kept)
 
     for value, mapping in zip(op.results, rule.results):
         read(value, mapping)
     for value, mapping in zip(op.operands, rule.operands):
         read(value, mapping)
-    for f in rule.replication:
-        axes[f] = ()
     return axes
 
 

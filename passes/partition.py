@@ -50,6 +50,7 @@ class _Scope:
     ops: list[Op] = field(default_factory=list)
     homes: dict[Value, Layout] = field(default_factory=dict)
     versions: dict[Value, dict[Layout, Value]] = field(default_factory=dict)
+    uses: dict[Value, int] = field(default_factory=dict)
 
     def define(self, value: Value, layout: Layout, local: Value) -> None:
         self.homes[value] = layout
@@ -118,6 +119,11 @@ class Partitioner:
     # -- regions -------------------------------------------------------------------------------
     def region(self, graph: Graph, in_layouts: list[Layout], out_layouts: list[Layout], where: str) -> Graph:
         scope = _Scope()
+        for op in graph.ops:
+            for v in set(op.operands):
+                scope.uses[v] = scope.uses.get(v, 0) + 1
+        for v in graph.outputs:
+            scope.uses[v] = scope.uses.get(v, 0) + 1
         inputs = []
         for value, layout in zip(graph.inputs, in_layouts):
             local = Value(TensorType(layout.local_shape(value.type.shape, self.mesh), value.type.dtype))
@@ -232,6 +238,9 @@ class Partitioner:
         forced = forced_unsharded(op, rule)
         homes = [scope.homes[v] for v in op.operands]
         partial = {i: h.partial for i, h in enumerate(homes) if h.partial and h.reduce == "sum"}
+        # a pending sum rides through a linear op only into its value's sole use: a value that other
+        # ops need reduced anyway would otherwise be reduced twice (once here, once downstream)
+        carry = all(scope.uses.get(op.operands[i], 0) <= 1 for i in partial)
         declared_out = [self.declared(v, f"result {r} of {label}") for r, v in enumerate(op.results)]
         declared_in = [self.declared(v, f"operand {i} of {label}") for i, v in enumerate(op.operands)]
         outs = [(l.dims, m) for l, m in zip(declared_out, rule.results)]
@@ -246,7 +255,7 @@ class Partitioner:
             unreduced = {f: (() if f in rule.reduction else axes) for f, axes in base.items()}
             if unreduced not in candidates:
                 candidates.append(unreduced)
-        variants = (True, False) if linear_operands(op, partial) else (False,)
+        variants = (True, False) if carry and linear_operands(op, partial) else (False,)
         best = None
         for assignment in candidates:
             for keep in variants:

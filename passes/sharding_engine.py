@@ -28,7 +28,15 @@ class DimState:
     axes: tuple[str, ...] = ()
     closed: bool = False
     priority: int = UNSET
-    origin: str = ""
+    source: str = ""                 # the hint or spec these axes came from
+    path: tuple[str, ...] = ()       # the ops propagation went through, in order
+
+    @property
+    def origin(self) -> str:
+        if not self.path:
+            return self.source
+        hops = self.path if len(self.path) <= 4 else self.path[:1] + ("...",) + self.path[-2:]
+        return f"{self.source} via {' -> '.join(hops)}" + (f" ({len(self.path)} ops)" if len(self.path) > 4 else "")
 
 
 @dataclass
@@ -215,12 +223,12 @@ class _Engine:
                     continue
                 parts = self._split(ds.axes, factors, c.sizes)
                 for f, part in zip(factors, parts):
-                    candidates.setdefault(f, []).append((ds.priority, -nbytes, part, ds.closed, ds.origin, t))
+                    candidates.setdefault(f, []).append((ds.priority, -nbytes, part, ds.closed, ds, t))
         if not candidates:
             return False
         chosen: dict[str, tuple] = {}
         used: set[str] = set()
-        order = sorted(candidates, key=lambda f: min((p, b) for p, b, *_ in candidates[f]))
+        order = sorted(candidates, key=lambda f: self._factor_key(c, candidates, f))
         for f in order:
             cands = sorted(candidates[f], key=lambda x: (x[0], x[1]))
             if f in c.replication:
@@ -254,15 +262,43 @@ class _Engine:
             chosen[f] = (tuple(kept), best_priority, origin)
         return self.project(c, chosen)
 
+    def _factor_key(self, c: Constraint, candidates: dict, f: str) -> tuple:
+        """Which factor picks its axes first when factors compete for a mesh axis: the strongest
+        priority, then (aggressive mode) the one whose axes are dearest to take away, i.e. the bytes of
+        resharding the tensors that carry them (moving an axis to another dim of the same tensor is an
+        all-to-all; dropping it is an all-gather, n times dearer), then the larger tensor."""
+        best = min((p, b) for p, b, *_ in candidates[f])
+        if not self.aggressive:
+            return best + (0.0,)
+        cost = 0.0
+        for priority, _, part, _, _, t in candidates[f]:
+            if priority != best[0] or not part:
+                continue
+            value = c.values[t]
+            n = 1
+            for axis in part:
+                n *= self.mesh.size(axis)
+            held = [a for ds in self.state[value] for a in ds.axes]
+            local = value.type.nbytes
+            for axis in held:
+                local /= self.mesh.size(axis)
+            mapped = {g for dim in c.mappings[t] for g in dim}
+            movable = any(g != f and g in mapped and any(set(q[2]) & set(part) for q in candidates[g])
+                          for g in candidates)
+            cost += local * (n - 1) / n * (1 if movable else n)
+        return (best[0], -cost, best[1])
+
     def _check_hint_conflict(self, c: Constraint, a, b) -> None:
         if c.is_hint or not (a[3] and b[3] and a[0] == 0 and b[0] == 0):
             return
         va, vb = c.values[a[5]], c.values[b[5]]
+        route = lambda ds: " -> ".join(ds.path + (c.label,)) if ds.path else c.label
         raise ShardingError(
-            f"conflicting sharding hints meet at {c.label}: {a[4] or self.names.get(va)} "
+            f"conflicting sharding hints meet at {c.label}: {a[4].source or self.names.get(va)} "
             f"({type_text(va.type.with_sharding(self._sharding_of(va)))}) wants axes {a[2]} where "
-            f"{b[4] or self.names.get(vb)} ({type_text(vb.type.with_sharding(self._sharding_of(vb)))}) "
-            f"wants {b[2]}; make one of the hints open (PartitionSpec.UNCONSTRAINED) or agree on the axes")
+            f"{b[4].source or self.names.get(vb)} ({type_text(vb.type.with_sharding(self._sharding_of(vb)))}) "
+            f"wants {b[2]}; paths: [{route(a[4])}] and [{route(b[4])}]; make one of the hints open "
+            f"(PartitionSpec.UNCONSTRAINED) or agree on the axes")
 
     def project(self, c: Constraint, chosen: dict) -> bool:
         changed = False
@@ -271,7 +307,7 @@ class _Engine:
             for d, factors in enumerate(mapping):
                 if not factors or dims[d].closed or any(f not in chosen for f in factors):
                     continue
-                new, priority, origin = [], UNSET, ""
+                new, priority, origin = [], UNSET, None
                 for f in factors:
                     axes, p, org = chosen[f]
                     new.extend(axes)
@@ -292,8 +328,11 @@ class _Engine:
                 if ds.axes == new[:len(ds.axes)] or priority < ds.priority:
                     if not new and ds.priority <= priority:
                         continue
-                    via = origin if c.label in origin else f"{origin} via {c.label}" if origin else c.label
-                    dims[d] = DimState(new, False, min(priority, ds.priority), via[-400:])
+                    source = origin.source if origin is not None else c.label
+                    path = origin.path if origin is not None else ()
+                    if not path or path[-1] != c.label:
+                        path = path + (c.label,)
+                    dims[d] = DimState(new, False, min(priority, ds.priority), source, path[-64:])
                     changed = True
         return changed
 

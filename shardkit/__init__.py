@@ -10,3 +10,11 @@ from shardkit.mesh import make_mesh
 
 __all__ = ["AxisRules", "ExplainReport", "axis_rules", "LoweredFunction", "explain", "ShardedFunction", "capture", "hint", "ir", "jit", "lower", "make_mesh"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Subpackages with heavier imports load on first use: `sk.train`."""
+    if name == "train":
+        import importlib
+        return importlib.import_module("shardkit.train")
+    raise AttributeError(f"module 'shardkit' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The `shardkit` command line: `shardkit demo` (more commands arrive with later features)."""
+"""The `shardkit` command line: `shardkit demo`, `shardkit launch`, `shardkit explain`."""
 from __future__ import annotations
 
 import argparse
@@ -27,12 +27,37 @@ def _parse_mesh(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="capture, print, lower and train a small MLP on 8 CPU devices")
-    demo.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    demo.add_argument("--workdir", default="runs/demo", help="where metrics.jsonl is written")
-    demo.add_argument("--mesh", type=_parse_mesh, default=None, help="mesh axes, e.g. data=4,model=2")
+    demo = sub.add_parser("demo", help="train a small GPT on a data x model mesh with a model-state plan",
+                          description="Train a small GPT-style character LM on the bundled corpus over 8 "
+                                      "simulated CPU devices: shows the plan, the IR, predicted vs compiled "
+                                      "collectives and a check against plain JAX, then trains, checkpoints "
+                                      "and samples text.")
+    demo.add_argument("--steps", type=int, default=200,
+                      help="train until this many steps are done (default 200; counts restored steps)")
+    demo.add_argument("--workdir", default="runs/demo", help="metrics.jsonl and checkpoints/ go here")
+    demo.add_argument("--checkpoint-every", type=int, default=50, help="save every K steps (0: never)")
+    demo.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
+    demo.add_argument("--mesh", type=_parse_mesh, default=None, help="mesh axes (default data=4,model=2)")
+    demo.add_argument("--plan", default="fsdp+tp",
+                      help="dp, zero1, zero2, zero3/fsdp, megatron or fsdp+tp (default fsdp+tp)")
     demo.add_argument("--devices", type=int, default=8, help="simulated CPU devices (default 8)")
-    demo.add_argument("--quiet-ir", action="store_true", help="do not print the captured IR")
+    demo.add_argument("--eval-every", type=int, default=None, help="evaluate on held-out text every K steps")
+    demo.add_argument("--show-ir", action="store_true", help="print the whole IR of the train step")
+    demo.add_argument("--no-check", action="store_true", help="skip the differential check against plain JAX")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--samples", type=int, default=3, help="lines of generated text at the end (default 3)")
+
+    launch = sub.add_parser("launch", help="run a command as N cooperating processes on this machine",
+                            description="Start N copies of COMMAND that join one jax.distributed run over "
+                                        "localhost (gloo CPU collectives), each with its share of the "
+                                        "devices; the script calls sk.train.init_distributed(). If one "
+                                        "process fails the others are stopped.")
+    launch.add_argument("-n", "--num-processes", type=int, required=True, help="number of processes")
+    launch.add_argument("--devices", type=int, default=8, help="CPU devices in all (default 8)")
+    launch.add_argument("--grace", type=float, default=10.0,
+                        help="seconds the others get to stop after one fails (default 10)")
+    launch.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
+    launch.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments")
 
     explain = sub.add_parser("explain", help="show how a function is sharded and what it communicates",
                              description="Import module:function, capture it on example shapes, propagate "
@@ -46,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one spec per argument: comma-separated dims, '_' unsharded, 'a+b' for two "
                               "axes, '-' for no spec; e.g. data,_ _,model")
     explain.add_argument("--pipeline", default="default", help="pass pipeline (default: 'default')")
+    explain.add_argument("--auto", action="store_true",
+                         help="choose shardings automatically (pipeline 'auto': the auto-shard ILP)")
+    explain.add_argument("--memory-limit", type=int, default=0,
+                         help="with --auto: per-device memory limit in bytes")
     explain.add_argument("--devices", type=int, default=8, help="simulated CPU devices (default 8)")
     return parser
 
@@ -83,7 +112,11 @@ def _explain(args) -> int:
     shapes = [_parse_shape(s) for s in args.shapes]
     specs = tuple(_parse_spec(s) for s in args.in_specs) if args.in_specs is not None else None
     mesh = sk.make_mesh(args.mesh)
-    report = sk.explain(fn, mesh=mesh, in_specs=specs, pipeline=args.pipeline)(*shapes)
+    pipeline = args.pipeline
+    if args.auto:
+        pipeline = (f"canonicalize,cse,dce,auto-shard{{memory-limit={args.memory_limit}}}"
+                    if args.memory_limit else "auto")
+    report = sk.explain(fn, mesh=mesh, in_specs=specs, pipeline=pipeline)(*shapes)
     from rich.console import Console
     Console().print(report)
     return 0
@@ -92,11 +125,19 @@ def _explain(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        _use_cpu_devices(args.devices)
+        from shardkit.train.distributed import init_distributed
+        if init_distributed() is None:
+            _use_cpu_devices(args.devices)
         from shardkit.demo import DemoConfig, run_demo
-        run_demo(DemoConfig(steps=args.steps, workdir=args.workdir, mesh=args.mesh,
-                            show_ir=not args.quiet_ir))
+        run_demo(DemoConfig(steps=args.steps, workdir=args.workdir, checkpoint_every=args.checkpoint_every,
+                            resume=args.resume, mesh=args.mesh, plan=args.plan, eval_every=args.eval_every,
+                            show_ir=args.show_ir, check=not args.no_check, progress=not args.no_progress,
+                            samples=args.samples))
         return 0
+    if args.command == "launch":
+        from shardkit.train.launch import launch
+        return launch(args.argv, args.num_processes, devices=args.devices, grace_s=args.grace,
+                      timeout_s=args.timeout)
     if args.command == "explain":
         _use_cpu_devices(args.devices)
         return _explain(args)

@@ -12,6 +12,7 @@ from shardkit.ir import Graph, MeshShape
 from shardkit.ir.printer import type_text
 from shardkit.jit import DEFAULT_PIPELINE, ShardedFunction
 from shardkit.passes.communication import Collective, graph_collectives, peak_memory
+from shardkit.passes.partition import is_partitioned, spmd_collectives
 from shardkit.passes.sharding_engine import value_order
 
 
@@ -34,6 +35,9 @@ class ExplainReport:
     unruled: list[str] = field(default_factory=list)
     peak_bytes: int = 0
     hlo: str = ""
+    warnings: list[str] = field(default_factory=list)
+    lowering: str = "xla"
+    """"spmd": `collectives` are the collective ops of shardkit's partitioned program, exact, not predicted."""
 
     @staticmethod
     def totals(collectives) -> dict[str, tuple[int, float]]:
@@ -71,8 +75,10 @@ class ExplainReport:
         values.add_column("from")
         for row in self.values:
             values.add_row(row.name, row.type, row.origin)
-        side = Table(title="collectives: predicted vs compiled by XLA")
-        for col in ("kind", "predicted #", "predicted bytes", "XLA #", "XLA bytes", ""):
+        source = "shardkit's program" if self.lowering == "spmd" else "predicted"
+        side = Table(title=f"collectives: {source} vs compiled by XLA")
+        short = "program" if self.lowering == "spmd" else "predicted"
+        for col in ("kind", f"{short} #", f"{short} bytes", "XLA #", "XLA bytes", ""):
             side.add_column(col, justify="right" if col not in ("kind", "") else "left")
         predicted, compiled = self.totals(self.collectives), self.totals(self.compiled_collectives)
         for kind in sorted(set(predicted) | set(compiled)):
@@ -81,7 +87,8 @@ class ExplainReport:
             side.add_row(kind, str(p[0]), f"{p[1]:,.0f}", str(c[0]), f"{c[1]:,.0f}", flag)
         side.add_row("total", str(len(self.collectives)), f"{self.predicted_bytes:,.0f}",
                      str(len(self.compiled_collectives)), f"{self.compiled_bytes:,.0f}", "")
-        detail = Table(title="predicted collectives")
+        detail = Table(title="collectives in shardkit's program" if self.lowering == "spmd"
+                       else "predicted collectives")
         for col in ("kind", "axes", "bytes", "where"):
             detail.add_column(col)
         for c in self.collectives:
@@ -89,6 +96,7 @@ class ExplainReport:
         parts = [values, side, detail]
         notes = [f"peak per-device memory of live values: {self.peak_bytes:,} B"]
         notes += [f"no sharding rule (operands kept replicated): {u}" for u in self.unruled]
+        notes += [f"warning: {w}" for w in self.warnings]
         from rich.text import Text
         parts += [Text(n) for n in notes]
         return Group(*parts)
@@ -101,14 +109,16 @@ class ExplainReport:
 
 
 def explain(fn: Callable, *, mesh, in_specs=None, out_specs=None, pipeline: str = DEFAULT_PIPELINE,
-            allow_uneven: bool = False, axis_rules=None) -> Callable[..., ExplainReport]:
-    """Same arguments as `sk.jit`; calling the result on example arguments returns an ExplainReport."""
-    sharded = ShardedFunction(fn, mesh, in_specs, out_specs, pipeline, allow_uneven=allow_uneven,
-                              axis_rules=axis_rules)
+            allow_uneven: bool = False, axis_rules=None, lowering: str = "xla") -> Callable[..., ExplainReport]:
+    """Same arguments as `sk.jit`; calling the result on example arguments returns an ExplainReport.
+    With lowering="spmd" the collectives are those of shardkit's partitioned program, counted exactly."""
+    sharded = ShardedFunction(fn, mesh, in_specs, out_specs, pipeline, lowering=lowering,
+                              allow_uneven=allow_uneven, axis_rules=axis_rules)
 
     def run(*args, **kwargs) -> ExplainReport:
         build = sharded.build(*args, **kwargs)
-        graph = build.graph
+        program = build.graph
+        graph = build.propagated if build.propagated is not None else program
         hlo = build.lowered.lower(*args, **kwargs).compile().as_text()
         origins = build.propagation.origins if build.propagation is not None else {}
         rows = []
@@ -117,8 +127,12 @@ def explain(fn: Callable, *, mesh, in_specs=None, out_specs=None, pipeline: str 
             origin = "; ".join(sorted({o for o in dims if o})) or ("-" if value.type.rank else "")
             rows.append(ValueRow(f"%{index}", type_text(value.type), origin))
         unruled = build.propagation.unruled if build.propagation is not None else []
-        return ExplainReport(graph, sharded.mesh_shape, rows, graph_collectives(graph, sharded.mesh_shape),
+        spmd = is_partitioned(program)
+        collectives = spmd_collectives(program) if spmd else graph_collectives(graph, sharded.mesh_shape)
+        warnings = [d.message for d in build.ctx.diagnostics if d.severity == "warning"]
+        return ExplainReport(graph, sharded.mesh_shape, rows, collectives,
                              collectives_from_hlo(hlo, sharded.mesh), list(unruled),
-                             peak_memory(graph, sharded.mesh_shape), hlo)
+                             peak_memory(graph, sharded.mesh_shape), hlo, warnings,
+                             "spmd" if spmd else "xla")
 
     return run

@@ -7,6 +7,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import shardkit.passes  # noqa: E402
+
+shardkit.passes.set_debug(True)  # verify the IR after every pass in every test
+
 
 @pytest.fixture(scope="session")
 def mesh():

@@ -71,7 +71,7 @@ def check_references(text):
         assert op in IN_PROCESS_OPS, f"op {op} prints an in-process reference: {line.strip()[:300]}"
 
 
-def roundtrip(fn, *args, mesh=None, rtol=1e-5, atol=1e-5, reference=None, expect=(), **kwargs):
+def roundtrip(fn, *args, mesh=None, rtol=1e-5, atol=1e-5, expect=(), **kwargs):
     """Capture, print, parse, verify, lower; compare with plain JAX. Returns the parsed graph.
 
     `expect`: op names the captured graph must contain (so a case really exercises its primitive).
@@ -86,7 +86,7 @@ def roundtrip(fn, *args, mesh=None, rtol=1e-5, atol=1e-5, reference=None, expect
     missing = set(expect) - op_names(parsed)
     assert not missing, f"the graph has no {sorted(missing)} op: {sorted(op_names(parsed))}"
     got = sk.lower(parsed, mesh=mesh)(*args, **kwargs)
-    want = (reference or jax.jit(fn))(*args, **kwargs)
+    want = jax.jit(fn)(*args, **kwargs)
     assert_trees_close(got, want, rtol=rtol, atol=atol)
     return parsed
 
@@ -162,7 +162,7 @@ EXPECT = {
     "optimization_barrier": {"optimization_barrier"}, "composite": {"composite"},
     "platform_dependent": {"platform_index", "cond"}, "custom_vmap": {"custom_vmap_call"},
     "pure_callback": {"pure_callback"}, "io_callback": {"io_callback"}, "debug_print": {"debug_print"},
-    "debug_callback": {"debug_callback"}, "stop_gradient": set(),
+    "debug_callback": {"debug_callback"},
 }
 
 
@@ -473,7 +473,8 @@ SHAPES = [
                                       lax.squeeze(x[:1], (0,))), X),
     case("broadcast", lambda x: (jnp.broadcast_to(x[0], (5, 4)), lax.broadcast_in_dim(x, (2, 3, 5, 4), (1, 3)),
                                  lax.broadcast(x, (2,)), x + x[:, :1]), X),
-    case("transpose", lambda x: (x.T, jnp.transpose(A3, (2, 0, 1)), jnp.swapaxes(A3, 0, 2), jnp.moveaxis(A3, 0, -1)), X),
+    case("transpose", lambda x, a: (x.T, jnp.transpose(a, (2, 0, 1)), jnp.swapaxes(a, 0, 2), jnp.moveaxis(a, 0, -1)),
+         X, A3),
     case("rev", lambda x: (jnp.flip(x), jnp.flip(x, 1), lax.rev(x, (0,)), jnp.rot90(x)), X),
     case("tile_repeat", lambda x: (jnp.tile(x, (2, 1)), jnp.repeat(x, 2, axis=1)), X),
     case("split", lambda x: tuple(jnp.split(x, 2, axis=1)) + tuple(jnp.array_split(x, 3, axis=0)), X),
@@ -561,8 +562,8 @@ RANDOM = [
     case("make_key_inside", lambda seed: jax.random.normal(jax.random.key(seed), (2,)), jnp.int32(3)),
     case("prngkey_inside", lambda seed: jax.random.uniform(jax.random.PRNGKey(seed), (2,)), jnp.int32(3)),
     case("closed_over_typed_key", lambda x: x + jax.random.normal(CLOSED_KEY, x.shape), X),
-    case("closed_over_key_array", lambda x: jax.vmap(lambda k: jax.random.normal(k, ()))(jax.random.split(CLOSED_KEY, 3))
-         + x[0, :3], X),
+    case("closed_over_key_array",
+         lambda x: jax.vmap(lambda k: jax.random.normal(k, ()))(jax.random.split(CLOSED_KEY, 3)) + x[0, :3], X),
     case("closed_over_raw_key", lambda x: x + jax.random.uniform(RAW_KEY, x.shape), X),
     case("rng_bit_generator", lambda k: lax.rng_bit_generator(k, (2, 3), dtype=jnp.uint32),
          jnp.asarray([1, 2, 3, 4], jnp.uint32)),
@@ -761,6 +762,23 @@ def test_control_flow(fn, args, opts):
     run_cases(fn, args, opts)
 
 
+@pytest.mark.parametrize("name", ["scan_reverse", "fori_static", "switch", "custom_jvp_user", "grad_custom_vjp",
+                                  "checkpoint_names", "closed_call"])
+def test_grad_through_lowered_graph(name):
+    """The lowered graph is an ordinary JAX function: reverse-mode AD through it matches AD of `fn`."""
+    fn, args, _ = next(p.values for p in CONTROL if p.id == name)
+    argnums = tuple(i for i, a in enumerate(args) if jnp.issubdtype(a.dtype, jnp.floating))
+
+    def loss(f):
+        return lambda *a: sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(f(*a))
+                              if jnp.issubdtype(leaf.dtype, jnp.floating))
+
+    lowered = sk.lower(sk.ir.parse(str(sk.capture(fn, *args))))
+    got = jax.jit(jax.grad(loss(lowered), argnums=argnums))(*args)
+    want = jax.jit(jax.grad(loss(fn), argnums=argnums))(*args)
+    assert_trees_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_control_flow_ops_present():
     assert "scan" in op_names(sk.capture(_scan_cumsum, X))
     assert "while" in op_names(sk.capture(_fori, X, jnp.int32(4)))
@@ -870,6 +888,9 @@ CALLBACKS = [
                                                            vmap_method="sequential"), X),
     case("debug_print", lambda x: (jax.debug.print("x sum {s}", s=jnp.sum(x)), x * 2)[1], X),
     case("debug_callback", lambda x: (jax.debug.callback(lambda v: None, x), x + 1)[1], X),
+    case("debug_print_in_scan", lambda x: lax.scan(lambda c, r: (jax.debug.print("row {r}", r=r, ordered=True) or c + r,
+                                                                None), jnp.zeros(4), x)[0], X,
+         expect={"scan", "debug_print"}),
     case("io_callback", lambda x: jax.experimental.io_callback(_host_fn, jax.ShapeDtypeStruct(x.shape, x.dtype), x,
                                                                ordered=True) * 2, X),
 ]
@@ -940,7 +961,8 @@ def test_kwargs():
 
 
 def test_shape_dtype_struct_args():
-    g = sk.capture(lambda x, y: x @ y, jax.ShapeDtypeStruct((3, 4), jnp.float32), jax.ShapeDtypeStruct((4, 2), jnp.float32))
+    g = sk.capture(lambda x, y: x @ y, jax.ShapeDtypeStruct((3, 4), jnp.float32),
+                   jax.ShapeDtypeStruct((4, 2), jnp.float32))
     assert str(sk.ir.parse(str(g))) == str(g)
     out = sk.lower(g)(X, jnp.ones((4, 2)))
     np.testing.assert_allclose(out, X @ jnp.ones((4, 2)), rtol=1e-6)
@@ -983,6 +1005,10 @@ print(json.dumps(failures))
 
 _ALL_CASES = (ELEMENTWISE + COMPARE_SELECT + DOT + CONV + REDUCE + CUMULATIVE + WINDOWS + INDEXING + SHAPES
               + SORTING + CONVERT + RANDOM + FFT + LINALG + CONTROL + CALLBACKS + CONSTANTS)
+
+
+def test_every_expectation_names_a_case():
+    assert set(EXPECT) <= {p.id for p in _ALL_CASES}
 
 
 def test_text_parses_in_a_fresh_process(tmp_path, mesh):

@@ -22,6 +22,16 @@ SOURCE = """graph @f(%0: f32[4], %1: f32[4]) {
 """
 
 
+
+@pytest.fixture(autouse=True)
+def _default_debug_off():
+    """These tests check the PassManager's defaults, which the suite-wide debug switch would mask."""
+    previous = passes.debug_enabled()
+    passes.set_debug(False)
+    yield
+    passes.set_debug(previous)
+
+
 def graph() -> Graph:
     return sk.ir.parse(SOURCE)
 
@@ -166,12 +176,17 @@ def test_without_verification_the_broken_pass_goes_unnoticed():
 
 
 def test_debug_switch_turns_verification_on(tmp_path):
-    assert not passes.debug_enabled()
-    with passes.debug():
-        assert passes.debug_enabled()
-        with pytest.raises(PassVerifyError):
-            Pipeline.parse("test-drop-first-op").run(graph(), reproducer_dir=tmp_path)
-    assert not passes.debug_enabled()
+    previous = passes.debug_enabled()  # the test suite runs with debug on (tests/conftest.py)
+    passes.set_debug(False)
+    try:
+        assert not passes.debug_enabled()
+        with passes.debug():
+            assert passes.debug_enabled()
+            with pytest.raises(PassVerifyError):
+                Pipeline.parse("test-drop-first-op").run(graph(), reproducer_dir=tmp_path)
+        assert not passes.debug_enabled()
+    finally:
+        passes.set_debug(previous)
 
 
 def test_reproducer_is_written_and_rerunnable(tmp_path):

@@ -148,11 +148,25 @@ def remat_args():
     return jax.random.normal(kw, (8, 8)) * 0.3, jax.random.normal(kx, (16, 8))
 
 
+@jax.custom_jvp
+def straight_through_round(x):
+    """round() with an identity derivative: autodiff of the primal would give 0, the rule gives 1."""
+    return jnp.round(x)
+
+
+@straight_through_round.defjvp
+def _straight_through_round_jvp(primals, tangents):
+    return straight_through_round(primals[0]), tangents[0]
+
+
 CUSTOM_JVP = {
     "relu": jax.nn.relu,
     "logsumexp": lambda z: jax.nn.logsumexp(z, axis=-1),
     "softplus": jax.nn.softplus,
+    "straight_through_round": straight_through_round,
 }
+# logsumexp is differentiated through stop_gradient in this JAX, not a custom_jvp; the others carry one.
+HAS_CUSTOM_JVP_CALL = {"relu", "softplus", "straight_through_round"}
 
 
 def custom_jvp_input():
@@ -235,6 +249,7 @@ def test_custom_jvp_gradients_through_lowered_graph(name):
     fn = CUSTOM_JVP[name]
     z = custom_jvp_input()
     graph = roundtrip(fn, z)
+    assert ("custom_jvp_call" in op_names(graph)) == (name in HAS_CUSTOM_JVP_CALL)
     lowered = sk.lower(graph)
     np.testing.assert_allclose(lowered(z), fn(z), rtol=1e-6, atol=1e-6)
 
@@ -256,6 +271,14 @@ def test_custom_jvp_rule_is_used_not_the_primal():
     lowered = sk.lower(graph)
     np.testing.assert_array_equal(jax.grad(lambda a: jnp.sum(lowered(a)))(jnp.zeros((4,))), np.zeros(4))
     np.testing.assert_array_equal(jax.jvp(lowered, (jnp.zeros(4),), (jnp.ones(4),))[1], np.zeros(4))
+
+
+def test_user_custom_jvp_rule_survives_the_text_round_trip():
+    """The rule is an in-process function printed as a reference; the parsed graph still uses it."""
+    x = jnp.array([0.2, 1.7, -2.4])
+    graph = roundtrip(lambda a: jnp.sum(straight_through_round(a) ** 2), x)
+    lowered = sk.lower(graph)
+    np.testing.assert_allclose(jax.grad(lowered)(x), 2 * jnp.round(x))  # d/dx round(x)^2 = 2 round(x) * 1
 
 
 def test_custom_jvp_second_derivative():

@@ -92,11 +92,17 @@ def weighted_mean(values, weights, *, placement: str | None = None):
         raise FederatedError(f"weighted_mean: weights must be one array or a pytree shaped like the values; "
                              f"values have structure {treedef}, weights {weight_tree}")
     _check_leading(weight_leaves, where, "weighted_mean weights")
-    out = []
-    for v, w in zip(leaves, weight_leaves):
+    # leaves that share a weights array (and a dtype) are averaged together: one weight total for all
+    groups: dict[tuple, list[int]] = {}
+    for i, (v, w) in enumerate(zip(leaves, weight_leaves)):
         prims.check_weights(v.shape, w.shape, 0)
-        dtype = prims.mean_dtype(v.dtype)
-        out.append(prims.weighted_mean_p.bind(v.astype(dtype), w.astype(dtype), dim=0, **where.params()))
+        groups.setdefault((id(w), prims.mean_dtype(v.dtype)), []).append(i)
+    out = [None] * len(leaves)
+    for (_, dtype), members in groups.items():
+        w = weight_leaves[members[0]].astype(dtype)
+        values = [leaves[i].astype(dtype) for i in members]
+        for i, result in zip(members, prims.weighted_mean_p.bind(*values, w, dim=0, **where.params())):
+            out[i] = result
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -52,13 +52,14 @@ def _reduce_type(dtype_of):
 
 def _weighted_mean_type(op):
     p = op.params
-    v, w = op.operands
-    for value in (v, w):
-        _check_placed(value, p["dim"], p["size"], p["placement"], op.name)
-    prims.check_weights(_shape(v), _shape(w), p["dim"])
-    if v.type.dtype != w.type.dtype:
-        raise FederatedError(f"{op.name}: values are {v.type.dtype} but weights {w.type.dtype}")
-    return [(prims.drop_dim(v.type.shape, p["dim"]), v.type.dtype)]
+    *values, w = op.operands
+    _check_placed(w, p["dim"], p["size"], p["placement"], op.name)
+    for v in values:
+        _check_placed(v, p["dim"], p["size"], p["placement"], op.name)
+        prims.check_weights(_shape(v), _shape(w), p["dim"])
+        if v.type.dtype != w.type.dtype:
+            raise FederatedError(f"{op.name}: values are {v.type.dtype} but weights {w.type.dtype}")
+    return [(prims.drop_dim(v.type.shape, p["dim"]), v.type.dtype) for v in values]
 
 
 def _map_type(op):
@@ -102,7 +103,7 @@ def _mean_lower(interp, op, args):
 
 
 def _weighted_mean_lower(interp, op, args):
-    return [prims.weighted_mean_array(args[0], args[1], dim=op.params["dim"])]
+    return prims.weighted_mean_array(*args, dim=op.params["dim"])
 
 
 def _map_lower(interp, op, args):
@@ -143,15 +144,20 @@ def _reduce_rule(op) -> FactorRule:
 
 
 def _weighted_mean_rule(op) -> FactorRule:
+    """Each value shares its factors with its result; the placed dimension is one reduction factor for
+    every operand, and the weights' other dimensions follow the first value's."""
     dim = op.params["dim"]
+    *values, w = op.operands
     b = _builder(op)
-    for k, n in enumerate(_shape(op.operands[0])):
-        f = b.factor(n)
-        b.operand(0, k, f)
-        if k < op.operands[1].type.rank:
-            b.operand(1, k, f)
-        if k != dim:
-            b.result(0, k - (k > dim), f)
+    members = b.factor(op.params["size"])
+    for i, v in enumerate(values):
+        for k, n in enumerate(_shape(v)):
+            f = members if k == dim else b.factor(n)
+            b.operand(i, k, f)
+            if i == 0 and k < w.type.rank:
+                b.operand(len(values), k, f)
+            if k != dim:
+                b.result(i, k - (k > dim), f)
     return b.build()
 
 

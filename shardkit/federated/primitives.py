@@ -8,7 +8,7 @@ placed dimension of a value is `dim` (0 unless vmap moved it).
     federated_broadcast  x[S]          -> [size, S]   (server to placement)
     federated_sum        x[size, S]    -> [S]         (placement to server)
     federated_mean       x[size, S]    -> [S]         integers: JAX's default float dtype
-    federated_weighted_mean  v[size, S], w[size, S[:k]] -> [S]
+    federated_weighted_mean  v1[size, S1], ..., w[size, ...] -> [S1], ...   (one weight total)
     federated_map        per-client computation (a jaxpr) over placed operands
 
 Federated AD: broadcast and sum transpose into each other, mean into broadcast of ct/size, map into
@@ -163,9 +163,16 @@ def align(w, rank: int):
     return jnp.reshape(w, tuple(w.shape) + (1,) * (rank - w.ndim))
 
 
-def weighted_mean_array(v, w, *, dim: int, **_):
-    total = jnp.sum(v * align(w, v.ndim), axis=dim)
-    return total / align(jnp.sum(w, axis=dim), total.ndim)
+def weighted_mean_array(*args, dim: int, **_):
+    """Weighted means of every value operand with the last operand as weights; the weights are
+    totalled once, so aggregating a whole model moves its size plus one weight total."""
+    *values, w = args
+    weight = jnp.sum(w, axis=dim)
+    outs = []
+    for v in values:
+        total = jnp.sum(v * align(w, v.ndim), axis=dim)
+        outs.append(total / align(weight, total.ndim))
+    return outs
 
 
 def map_array(*args, jaxpr, in_dims, out_dims, size: int, axis=None, mesh=None, **_):
@@ -208,14 +215,16 @@ def _mean_abstract(x, *, placement, size, dim, **_):
     return _unplaced_aval(x, dim, dtype, x.weak_type and dtype == x.dtype)
 
 
-def _weighted_mean_abstract(v, w, *, placement, size, dim, **_):
-    _check_placed(v, dim, size, placement, "weighted_mean values")
+def _weighted_mean_abstract(*avals, placement, size, dim, **_):
+    *values, w = avals
     _check_placed(w, dim, size, placement, "weighted_mean weights")
-    check_weights(v.shape, w.shape, dim)
-    if v.dtype != w.dtype or not jnp.issubdtype(v.dtype, jnp.inexact):
-        raise FederatedError(f"weighted_mean: values ({v.dtype}) and weights ({w.dtype}) must share one "
-                             f"floating dtype; shardkit.federated.weighted_mean converts them for you")
-    return _unplaced_aval(v, dim)
+    for v in values:
+        _check_placed(v, dim, size, placement, "weighted_mean values")
+        check_weights(v.shape, w.shape, dim)
+        if v.dtype != w.dtype or not jnp.issubdtype(v.dtype, jnp.inexact):
+            raise FederatedError(f"weighted_mean: values ({v.dtype}) and weights ({w.dtype}) must share one "
+                                 f"floating dtype; shardkit.federated.weighted_mean converts them for you")
+    return [_unplaced_aval(v, dim) for v in values]
 
 
 def check_weights(value_shape, weight_shape, dim: int) -> None:
@@ -334,45 +343,58 @@ def _reduce_batch(name):
 # weighted mean ------------------------------------------------------------------------------------------
 
 def _weighted_mean_jvp(primals, tangents, *, dim, **params):
-    (v, w), (dv, dw) = primals, tangents
-    out = _bind(WEIGHTED_MEAN, v, w, dim=dim, **params)
-    terms = []
-    if not _jax.is_zero(dv):
-        terms.append(_bind(WEIGHTED_MEAN, dv, w, dim=dim, **params))
+    *values, w = primals
+    *dvalues, dw = tangents
+    outs = _bind(WEIGHTED_MEAN, *values, w, dim=dim, **params)
+    terms: list[list] = [[] for _ in outs]
+    live = [i for i, t in enumerate(dvalues) if not _jax.is_zero(t)]
+    if live:
+        for i, t in zip(live, _bind(WEIGHTED_MEAN, *[dvalues[i] for i in live], w, dim=dim, **params)):
+            terms[i].append(t)
     if not _jax.is_zero(dw):
-        # d/dw_i (sum_j w_j v_j / W) = (v_i - out) / W: each member scales its own deviation by dw_i
-        def client(dw_i, v_i, mean):
-            return [align(dw_i, v_i.ndim) * (v_i - mean)]
-        (deviation,) = bind_map(client, [dw, v, out], [dim, dim, None], [dim], _placement_params(params))
-        total = _bind(SUM, deviation, dim=dim, **params)
+        # d/dw_i (sum_j w_j v_j / W) = (v_i - mean) / W: each member scales its own deviation by dw_i
+        k = len(values)
+
+        def client(dw_i, *rest):
+            return [align(dw_i, v.ndim) * (v - m) for v, m in zip(rest[:k], rest[k:])]
+        deviations = bind_map(client, [dw, *values, *outs], [dim] * (k + 1) + [None] * k, dim,
+                              _placement_params(params))
         weight = _bind(SUM, w, dim=dim, **params)
-        terms.append(total / align(weight, total.ndim))
-    if not terms:
-        return out, _zero_of(out)
-    return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        for i, deviation in enumerate(deviations):
+            total = _bind(SUM, deviation, dim=dim, **params)
+            terms[i].append(total / align(weight, total.ndim))
+    tangents_out = []
+    for out, parts in zip(outs, terms):
+        tangents_out.append(_zero_of(out) if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1])
+    return outs, tangents_out
 
 
-def _weighted_mean_transpose(ct, v, w, *, dim, **params):
+def _weighted_mean_transpose(cts, *args, dim, **params):
+    *values, w = args
     if _jax.is_undefined(w):
         raise FederatedError("weighted_mean is linear in its values only, not in its weights; it cannot be "
                              "transposed with respect to the weights")
-    if _jax.is_zero(ct):
-        return [_zero(_jax.undefined_aval(v)), None]
+    result = [_zero(_jax.undefined_aval(v)) if _jax.is_undefined(v) else None for v in values] + [None]
+    live = [i for i, (v, ct) in enumerate(zip(values, cts)) if _jax.is_undefined(v) and not _jax.is_zero(ct)]
+    if not live:
+        return result
     weight = _bind(SUM, w, dim=dim, **params)
-    scaled = ct / align(weight, ct.ndim)
+    scaled = [cts[i] / align(weight, cts[i].ndim) for i in live]
 
-    def client(w_i, s):
-        return [align(w_i, s.ndim) * s]
-    (ct_v,) = bind_map(client, [w, scaled], [dim, None], [dim], _placement_params(params))
-    return [ct_v, None]
+    def client(w_i, *s):
+        return [align(w_i, x.ndim) * x for x in s]
+    for i, ct in zip(live, bind_map(client, [w, *scaled], [dim] + [None] * len(scaled), dim,
+                                    _placement_params(params))):
+        result[i] = ct
+    return result
 
 
 def _weighted_mean_batch(args, dims, *, dim, size, **params):
-    (v, w), (dv, dw) = args, dims
     batch = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    v = jnp.moveaxis(v, dv, 0) if dv is not None else jnp.broadcast_to(v, (batch,) + v.shape)
-    w = jnp.moveaxis(w, dw, 0) if dw is not None else jnp.broadcast_to(w, (batch,) + w.shape)
-    return _bind(WEIGHTED_MEAN, v, w, dim=dim + 1, size=size, **params), 0
+    moved = [jnp.moveaxis(a, d, 0) if d is not None else jnp.broadcast_to(a, (batch,) + a.shape)
+             for a, d in zip(args, dims)]
+    outs = _bind(WEIGHTED_MEAN, *moved, dim=dim + 1, size=size, **params)
+    return outs, [0] * len(outs)
 
 
 # map ----------------------------------------------------------------------------------------------------
@@ -508,7 +530,7 @@ def _define() -> None:
         jvp=_linear_jvp(MEAN), transpose=_mean_transpose, batch=_reduce_batch(MEAN))
     PRIMITIVES[WEIGHTED_MEAN] = _jax.define_primitive(
         WEIGHTED_MEAN, impl=_eager(WEIGHTED_MEAN), abstract_eval=_weighted_mean_abstract,
-        lowering=weighted_mean_array, jvp=_weighted_mean_jvp, transpose=_weighted_mean_transpose,
+        lowering=weighted_mean_array, multiple_results=True, jvp=_weighted_mean_jvp, transpose=_weighted_mean_transpose,
         batch=_weighted_mean_batch)
     PRIMITIVES[MAP] = _jax.define_primitive(
         MAP, impl=_eager(MAP), abstract_eval=_map_abstract, lowering=map_array, multiple_results=True,

@@ -193,14 +193,18 @@ def _mean(ex: ReferenceExecutor, op: Op, args: list) -> list:
 
 def _weighted_mean(ex: ReferenceExecutor, op: Op, args: list) -> list:
     dim = op.params["dim"]
-    values, weights = _members(args[0], dim), _members(args[1], dim)
-    dtype = op.results[0].type.dtype
-    total = np.zeros(op.results[0].type.shape, dtype)
+    weights = _members(args[-1], dim)
+    dtype = op.results[0].type.dtype if op.results else np.float32
     weight = np.zeros(weights[0].shape if weights else (), dtype)
-    for v, w in zip(values, weights):
-        total = total + v * w.reshape(w.shape + (1,) * (v.ndim - w.ndim))
+    for w in weights:
         weight = weight + w
-    return [(total / weight.reshape(weight.shape + (1,) * (total.ndim - weight.ndim))).astype(dtype)]
+    outs = []
+    for value, result in zip(args[:-1], op.results):
+        total = np.zeros(result.type.shape, result.type.dtype)
+        for v, w in zip(_members(value, dim), weights):
+            total = total + v * w.reshape(w.shape + (1,) * (v.ndim - w.ndim))
+        outs.append((total / weight.reshape(weight.shape + (1,) * (total.ndim - weight.ndim))).astype(result.type.dtype))
+    return outs
 
 
 def _map(ex: ReferenceExecutor, op: Op, args: list) -> list:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import jax
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -35,17 +36,21 @@ class TrainState:
 
 
 def place(tree: Any, shardings: Any) -> Any:
-    """Put host or device arrays on the mesh with the given shardings (works with several processes)."""
+    """Put arrays on the mesh with the given shardings (works with several processes).
+
+    Arrays not yet laid out that way go through host memory: each device receives only its shard
+    and nothing is compiled (resharding device arrays would compile a program per shape)."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     targets = treedef.flatten_up_to(shardings)
     out = []
     for x, sharding in zip(leaves, targets):
         if isinstance(x, jax.Array) and x.sharding == sharding:
             out.append(x)
-        elif jax.process_count() == 1 or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        elif isinstance(x, jax.Array) and (not x.is_fully_addressable
+                                           or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):
             out.append(jax.device_put(x, sharding))
         else:
-            host = jax.device_get(x)
+            host = np.asarray(x)
             out.append(jax.make_array_from_callback(host.shape, sharding, lambda index, h=host: h[index]))
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -125,14 +130,18 @@ class Trainer:
             self.compile_seconds = time.perf_counter() - started
         return self._compiled
 
-    def step(self, batch: Any) -> dict[str, jax.Array]:
-        """One training step on a global batch; returns the step's metrics (device scalars)."""
+    def run_step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        """The compiled step applied to any state laid out like this trainer's (no side effects)."""
         batch = self.shard_batch(batch)
         compiled = self.compile(batch)
-        flat = jax.tree_util.tree_leaves((self._args(batch), {}))
-        outs = jax.tree_util.tree_unflatten(self._out_tree, list(compiled(*flat)))
+        args = (state.params, state.opt_state, state.rest, batch)
+        outs = jax.tree_util.tree_unflatten(self._out_tree, list(compiled(*jax.tree_util.tree_leaves((args, {})))))
         params, opt_state, rest, metrics = outs
-        self.state = TrainState(params, opt_state, rest, self.state.step + 1)
+        return TrainState(params, opt_state, rest, state.step + 1), metrics
+
+    def step(self, batch: Any) -> dict[str, jax.Array]:
+        """One training step on a global batch; returns the step's metrics (device scalars)."""
+        self.state, metrics = self.run_step(self.state, batch)
         return metrics
 
     def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
