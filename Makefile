@@ -20,8 +20,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+BENCHMARKS := capture passes propagation autoshard partition federated functional train
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/capture.py
+	@for b in $(BENCHMARKS); do \
+		if [ -f benchmarks/$$b.py ]; then echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; fi; \
+	done
+	$(BIN)/python benchmarks/update_readme.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

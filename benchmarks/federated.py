@@ -22,6 +22,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+try:  # DrJAX logs a warning for every op it cannot place on a mesh axis
+    from absl import logging as absl_logging  # noqa: E402
+except ImportError:  # pragma: no cover
+    absl_logging = None
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
@@ -209,6 +213,8 @@ def main() -> None:
     parser.add_argument("--weak-per-device", type=int, default=32, help="clients per device for weak scaling")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write the results file")
     args = parser.parse_args()
+    if absl_logging is not None:
+        absl_logging.set_verbosity(absl_logging.ERROR)
     rows, weak = run(args.clients, args.steps, args.batch, args.repeats, args.weak_per_device)
     console = Console()
     for table in tables(rows, weak):

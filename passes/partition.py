@@ -78,7 +78,7 @@ class Partitioner:
     def partition(self, graph: Graph) -> Graph:
         graph = inline_calls(graph, INLINABLE)
         in_layouts = [self.declared(v, f"input {i}", boundary=True) for i, v in enumerate(graph.inputs)]
-        out_layouts = [self.declared(v, f"output {i}", boundary=True) for i, v in enumerate(graph.outputs)]
+        out_layouts: list[Layout] = []
         body = self.region(graph, in_layouts, out_layouts, "")
         params = Params((
             ("mesh", self.mesh_param),
@@ -118,6 +118,8 @@ class Partitioner:
 
     # -- regions -------------------------------------------------------------------------------
     def region(self, graph: Graph, in_layouts: list[Layout], out_layouts: list[Layout], where: str) -> Graph:
+        """The local program of `graph` with inputs in `in_layouts` and outputs brought to
+        `out_layouts` (an empty list is filled with the outputs' own shardings, once the ops are done)."""
         scope = _Scope()
         for op in graph.ops:
             for v in set(op.operands):
@@ -131,6 +133,8 @@ class Partitioner:
             inputs.append(local)
         for index, op in enumerate(graph.ops):
             self.op(op, scope, f"{where}{op.name}#{index}")
+        if not out_layouts:
+            out_layouts += [self.declared(v, f"output {i}", boundary=True) for i, v in enumerate(graph.outputs)]
         outputs = [self.get(scope, v, layout) for v, layout in zip(graph.outputs, out_layouts)]
         return Graph(tuple(inputs), tuple(scope.ops), tuple(outputs), name=graph.name)
 

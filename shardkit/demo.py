@@ -83,7 +83,8 @@ def _ir_summary(graph, console, show_all: bool) -> None:
     if show_all:
         console.print(text, markup=False, highlight=False, soft_wrap=True)
     else:
-        shown = lines[:12]
+        width = max(40, console.width - 1)
+        shown = [line if len(line) <= width else line[:width - 3] + "..." for line in lines[:12]]
         console.print("\n".join(shown) + f"\n    ... {len(lines) - len(shown)} more lines (--show-ir prints all)",
                       markup=False, highlight=False, soft_wrap=True)
     console.print(f"{graph.num_ops()} ops ({top}, ...); printed, parsed back "

@@ -97,6 +97,17 @@ def test_weighted_mean_of_pytrees_with_one_weight_per_member_and_int_inputs():
     out = average(tree, weights)
     np.testing.assert_allclose(out["a"], np.average(np.arange(4.0), weights=weights), rtol=1e-6)
     np.testing.assert_allclose(out["b"], np.average(np.arange(8.0).reshape(4, 2), axis=0, weights=weights), rtol=1e-6)
+    plain = lambda t, w: sum(jnp.sum(jnp.tensordot(w, x, 1) / jnp.sum(w)) for x in t.values())  # noqa: E731
+    ours = lambda t, w: sum(jnp.sum(x) for x in average(t, w).values())  # noqa: E731
+    for got, want in zip(jax.jit(jax.grad(ours, argnums=(0, 1)))(tree, weights),
+                         jax.grad(plain, argnums=(0, 1))(tree, weights)):
+        for x, y in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # per-leaf weights: one weighted mean per distinct weights array
+    per_leaf = average(tree, {"a": weights, "b": jnp.ones((4, 2))})
+    np.testing.assert_allclose(per_leaf["b"], np.mean(np.arange(8.0).reshape(4, 2), axis=0), rtol=1e-6)
+    jaxpr = jax.make_jaxpr(average)(tree, weights)
+    assert primitive_names(jaxpr).count(prims.WEIGHTED_MEAN) == 1
     ints = average(jnp.arange(4), jnp.array([1, 1, 1, 5]))
     assert ints.dtype == prims.default_float()
     np.testing.assert_allclose(ints, (0 + 1 + 2 + 15) / 8, rtol=1e-6)

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 import shardkit as sk
 from shardkit.hlo import collectives_from_hlo
 from shardkit.ir import MeshShape, ShardingError
-from shardkit.passes import PartitionError, is_partitioned, spmd_collectives
+from shardkit.passes import PartitionError, is_partitioned, partition_graph, spmd_collectives
 from shardkit.passes.partition_layout import Layout, apply_step, plan
 
 MESH = MeshShape((("data", 4), ("model", 2)))
@@ -24,22 +24,37 @@ def _ops(graph):
     return [op.name for op in graph.walk()]
 
 
-def _check(fn, mesh, specs, *args, out_specs=None, rtol=1e-5, atol=1e-5):
-    """Run fn through lowering='spmd', compare with plain JAX, and check the program's collectives
-    are exactly those XLA compiled (bytes per kind)."""
-    jf = sk.jit(fn, mesh=mesh, in_specs=specs, out_specs=out_specs, lowering="spmd")
-    got, want = jf(*args), jax.jit(fn)(*args)
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
-    graph = jf.graph(*args)
-    assert is_partitioned(graph)
-    graph.verify()
-    hlo = jf.lower(*args).compile().as_text()
-    compiled = collectives_from_hlo(hlo, mesh)
+def run_spmd(jf, args):
+    """Compile `jf` (lowering='spmd') once: its flat outputs and the collectives XLA compiled."""
+    build = jf.build(*args)
+    compiled = jf.lower(*args).compile()
+    flat = jax.tree_util.tree_leaves((args, {}))
+    if build.lowered.in_shardings is not None:
+        flat = [jax.device_put(x, s) for x, s in zip(flat, build.lowered.in_shardings)]
+    return list(compiled(*flat)), collectives_from_hlo(compiled.as_text(), jf.mesh)
+
+
+def assert_exact_counts(graph, compiled):
+    """The program's collectives move exactly the bytes XLA compiled, kind by kind."""
     ours = spmd_collectives(graph)
     for kind in {c.kind for c in ours} | {c.kind for c in compiled}:
         assert sum(c.bytes for c in ours if c.kind == kind) == pytest.approx(
             sum(c.bytes for c in compiled if c.kind == kind)), kind
+
+
+def _check(fn, mesh, specs, *args, out_specs=None, rtol=1e-5, atol=1e-5):
+    """Run fn through lowering='spmd', compare with plain JAX, and check the program's collectives
+    are exactly those XLA compiled (bytes per kind)."""
+    jf = sk.jit(fn, mesh=mesh, in_specs=specs, out_specs=out_specs, lowering="spmd")
+    got, compiled = run_spmd(jf, args)
+    want = jax.tree_util.tree_leaves(jax.jit(fn)(*args))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+    graph = jf.graph(*args)
+    assert is_partitioned(graph)
+    graph.verify()
+    assert_exact_counts(graph, compiled)
     return jf, graph
 
 
@@ -190,7 +205,7 @@ def test_embedding_gather_runs_locally(mesh):
 MISC = [
     ("elementwise-mixed", lambda x, y: jnp.exp(x) * y + 1.0, (P("data", "model"), P("model", "data"))),
     ("broadcast", lambda x, y: x[:, None, :] + y[None, :, :], (P("data", None), P(None, "model"))),
-    ("transpose", lambda x, y: x.T @ y.T, (P("data", "model"), P("model", None))),
+    ("transpose", lambda x, y: x.T @ y, (P("data", "model"), P("model", None))),
     ("concat", lambda x, y: jnp.concatenate([x, y], 0), (P("data", "model"), P(None, "model"))),
     ("slice-sharded-dim", lambda x, y: x[2:10] * y[:8], (P("data", None), P("data", None))),
     ("pad", lambda x, y: jnp.pad(x, ((1, 1), (0, 0))) + 0 * y.sum(), (P("data", "model"), P())),
@@ -241,7 +256,7 @@ def test_scan_partitions_its_body(mesh):
 
     _, graph = _check(fn, mesh, (P(None, None, "model"), P("data", None)), _rand(3, 8, 8) / 3, _rand(16, 8))
     (scan,) = [op for op in graph.walk() if op.name == "scan"]
-    assert scan.operands[0].type.shape == (3, 8, 4)  # the stacked weights stay sharded inside
+    assert scan.operands[-1].type.shape == (3, 8, 4)  # the stacked weights stay sharded inside
 
 
 def test_while_and_cond(mesh):
@@ -307,13 +322,19 @@ def test_unruled_op_is_gathered_with_a_warning(mesh):
     assert any("split" in w and "gathered" in w for w in rep.warnings)
 
 
-def test_uneven_dimension_names_the_op_and_dimension(mesh):
-    def fn(x):
-        return x * 2
+UNEVEN = """graph @f(%0: f32[10,8]) mesh(data=4, model=2) {
+  %1 = hint(%0) : f32[10@data,8|p0]
+  %2 = mul(%1, %1) : f32[10@data,8]
+  return %2
+}
+"""
 
-    jf = sk.jit(fn, mesh=mesh, in_specs=(P("data", None),), allow_uneven=True, lowering="spmd")
-    with pytest.raises(ShardingError, match=r"dimension 0 of size 10 does not divide over data"):
-        jf(_rand(10, 8))
+
+def test_uneven_dimension_names_the_op_and_dimension():
+    graph = sk.ir.parse(UNEVEN)
+    with pytest.raises(PartitionError, match=r"hint#0: dimension 0 of size 10 does not divide over data") as e:
+        partition_graph(graph, MESH)
+    assert isinstance(e.value, ShardingError) and "does not pad" in str(e.value)
 
 
 def test_unknown_lowering_is_rejected(mesh):

@@ -16,7 +16,7 @@ import numpy as np
 from . import builders
 from .callables import GetItem, Index, Inner, Stack, WithParams, static_callable
 from .errors import FunctionalError
-from .function import Function
+from .function import Function, leaves_of
 from .grid import Grid
 from .primitives import (add_p, apply_p, broadcast_p, compose_p, const_p, integrate_p, linearize_p,
                          ltranspose_p, nabla_p, partial_p, permute_p)
@@ -34,6 +34,20 @@ def is_function(x) -> bool:
     if isinstance(x, Function):
         return True
     return isinstance(x, jax.core.Tracer) and isinstance(x.aval, FunctionType)
+
+
+def _traced(x) -> bool:
+    if isinstance(x, jax.core.Tracer):
+        return True
+    return isinstance(x, Function) and any(isinstance(leaf, jax.core.Tracer) for leaf in leaves_of(x))
+
+
+def _make(prim, *operands, **params):
+    """Bind `prim`, or, when no operand is traced, build its result right away: a function made
+    from concrete functions and arrays stays a concrete (callable) Function inside jax.jit too."""
+    if any(_traced(x) for x in operands):
+        return prim.bind(*operands, **params)
+    return prim.impl(*operands, **params)
 
 
 def _require(op: str, x, what: str = "operand") -> Spec:
@@ -64,7 +78,7 @@ def function(fn: Callable, arg_shapes: Sequence, dtype=jnp.float32, *, params: A
     leaves, treedef = jax.tree_util.tree_flatten(params)
     leaves = [x if isinstance(x, (jax.Array, jax.core.Tracer)) else jnp.asarray(x) for x in leaves]
     if params is not None:
-        fn_static = WithParams(fn, treedef, len(leaves))
+        fn_static = WithParams(static_callable(fn), treedef, len(leaves))
         leaf_shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
         structs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in leaves]
     else:
@@ -82,13 +96,13 @@ def function(fn: Callable, arg_shapes: Sequence, dtype=jnp.float32, *, params: A
     node = builders.make_fn(fn_static, spec)
     if not leaves:
         return node
-    return partial_p.bind(node, *leaves, argnums=tuple(range(len(leaves))))
+    return _make(partial_p, node, *leaves, argnums=tuple(range(len(leaves))))
 
 
 def constant(value: Any, arg_shapes: Sequence, dtype=jnp.float32) -> Function:
     """The constant function of the given arguments whose value is `value` (an array)."""
     shapes = tuple(as_shape(s, f"constant: argument {i}") for i, s in enumerate(arg_shapes))
-    return const_p.bind(_as_array(value), args=shapes, dtype=jnp.dtype(dtype))
+    return _make(const_p, _as_array(value), args=shapes, dtype=jnp.dtype(dtype))
 
 
 def _as_array(x, dtype=None):
@@ -130,11 +144,11 @@ def compose(outer, *inner) -> Function:
         _require("compose", g, f"inner function {i}")
     check_same_args("compose", [g.spec for g in inner])
     if is_function(outer):
-        return compose_p.bind(outer, *inner, outer=None, linear=(), ct=None)
+        return _make(compose_p, outer, *inner, outer=None, linear=(), ct=None)
     if not callable(outer):
         raise FunctionalError(f"compose: the outer function must be a Function or a callable, got "
                               f"{type(outer).__name__}")
-    return compose_p.bind(*inner, outer=static_callable(outer), linear=(), ct=None)
+    return _make(compose_p, *inner, outer=static_callable(outer), linear=(), ct=None)
 
 
 def nabla(f, argnum: int = 0) -> Function:
@@ -145,7 +159,7 @@ def nabla(f, argnum: int = 0) -> Function:
     """
     spec = _require("nabla", f)
     argnum = check_argnum("nabla", spec, argnum)
-    return nabla_p.bind(f, argnum=argnum)
+    return _make(nabla_p, f, argnum=argnum)
 
 
 def linearize(f, argnums: int | Sequence[int] | None = None) -> Function:
@@ -155,7 +169,7 @@ def linearize(f, argnums: int | Sequence[int] | None = None) -> Function:
         argnums = tuple(range(spec.num_args))
     elif isinstance(argnums, (int, np.integer)):
         argnums = (int(argnums),)
-    return linearize_p.bind(f, argnums=tuple(check_argnum("linearize", spec, a) for a in argnums))
+    return _make(linearize_p, f, argnums=tuple(check_argnum("linearize", spec, a) for a in argnums))
 
 
 def linear_transpose(f, argnum: int | None = None) -> Function:
@@ -167,13 +181,13 @@ def linear_transpose(f, argnum: int | None = None) -> Function:
             raise FunctionalError(f"linear_transpose: {spec} has {spec.num_args} arguments; say which one "
                                   f"it is linear in with argnum=")
         argnum = 0
-    return ltranspose_p.bind(f, argnum=check_argnum("linear_transpose", spec, argnum), zero=())
+    return _make(ltranspose_p, f, argnum=check_argnum("linear_transpose", spec, argnum), zero=())
 
 
 def permute_args(f, perm: Sequence[int]) -> Function:
     """g(y_0, ..., y_{n-1}) = f(x) with x[perm[i]] = y_i: argument i of g is argument perm[i] of f."""
     _require("permute_args", f)
-    return permute_p.bind(f, perm=tuple(int(p) for p in perm), ct=False)
+    return _make(permute_p, f, perm=tuple(int(p) for p in perm), ct=False)
 
 
 def partial(f, *values, argnums: Sequence[int] | None = None) -> Function:
@@ -192,7 +206,7 @@ def partial(f, *values, argnums: Sequence[int] | None = None) -> Function:
             raise FunctionalError("partial: fixes arguments to arrays; to feed a function's output "
                                   "into another, use compose")
         arrays.append(_as_array(v, spec.dtype))
-    return partial_p.bind(f, *arrays, argnums=argnums)
+    return _make(partial_p, f, *arrays, argnums=argnums)
 
 
 def broadcast_args(f, arg_shapes: Sequence, argnums: Sequence[int]) -> Function:
@@ -203,7 +217,7 @@ def broadcast_args(f, arg_shapes: Sequence, argnums: Sequence[int]) -> Function:
     """
     _require("broadcast_args", f)
     shapes = tuple(as_shape(s, f"broadcast_args: argument {i}") for i, s in enumerate(arg_shapes))
-    return broadcast_p.bind(f, arg_shapes=shapes, argnums=tuple(int(a) for a in argnums))
+    return _make(broadcast_p, f, arg_shapes=shapes, argnums=tuple(int(a) for a in argnums))
 
 
 def zip(*fs) -> Function:
@@ -214,7 +228,7 @@ def zip(*fs) -> Function:
     check_same_args("zip", specs)
     if len({(s.ret, s.ret_dtype) for s in specs}) != 1:
         raise FunctionalError("zip: the functions' results differ: " + "; ".join(map(str, specs)))
-    return compose_p.bind(*fs, outer=Stack(), linear=(), ct=None)
+    return _make(compose_p, *fs, outer=Stack(), linear=(), ct=None)
 
 
 def split(f) -> tuple:
@@ -222,7 +236,7 @@ def split(f) -> tuple:
     spec = _require("split", f)
     if not spec.ret:
         raise FunctionalError(f"split: {spec} returns a scalar; nothing to split")
-    return tuple(compose_p.bind(f, outer=Index(i), linear=(), ct=None) for i in range(spec.ret[0]))
+    return tuple(_make(compose_p, f, outer=Index(i), linear=(), ct=None) for i in range(spec.ret[0]))
 
 
 # -- integration ------------------------------------------------------------------------------------------------
@@ -259,7 +273,7 @@ def integrate(f, grid: Grid | Sequence[Grid | None] | None = None):
         arrays += [_as_array(g.nodes, spec.dtype), _as_array(g.weights, spec.dtype)]
     if not argnums:
         raise FunctionalError("integrate: every grid is None; integrate over at least one argument")
-    return integrate_p.bind(f, *arrays, argnums=tuple(argnums))
+    return _make(integrate_p, f, *arrays, argnums=tuple(argnums))
 
 
 def braket(f, g, grid):
@@ -268,7 +282,7 @@ def braket(f, g, grid):
     check_same_args("braket", [spec_f, spec_g])
     if spec_f.ret != spec_g.ret:
         raise FunctionalError(f"braket: the functions' results differ ({spec_f} vs {spec_g})")
-    return integrate(compose_p.bind(f, g, outer=Inner(), linear=(), ct=None), grid)
+    return integrate(_make(compose_p, f, g, outer=Inner(), linear=(), ct=None), grid)
 
 
 # -- arithmetic on functions ---------------------------------------------------------------------------------
@@ -279,10 +293,10 @@ def _lift(op: str, f_spec: Spec, x):
     if is_function(x):
         return x
     if isinstance(x, (jax.Array, jax.core.Tracer)):
-        return const_p.bind(x, args=f_spec.args, dtype=f_spec.dtype)
+        return _make(const_p, x, args=f_spec.args, dtype=f_spec.dtype)
     if isinstance(x, (numbers.Number, np.ndarray, np.generic)) and not isinstance(x, bool):
         value = jnp.asarray(x, dtype=f_spec.ret_dtype)
-        return const_p.bind(value, args=f_spec.args, dtype=f_spec.dtype)
+        return _make(const_p, value, args=f_spec.args, dtype=f_spec.dtype)
     raise FunctionalError(f"{op}: cannot combine a function {f_spec} with {type(x).__name__}")
 
 
@@ -290,14 +304,14 @@ def _binary(op: str, fn: Callable, a, b, linear: tuple = ()) -> Function:
     spec = a.spec if is_function(a) else b.spec
     a, b = _lift(op, spec, a), _lift(op, spec, b)
     check_same_args(op, [a.spec, b.spec])
-    return compose_p.bind(a, b, outer=fn, linear=linear, ct=None)
+    return _make(compose_p, a, b, outer=fn, linear=linear, ct=None)
 
 
 def add(a, b) -> Function:
     spec = a.spec if is_function(a) else b.spec
     a, b = _lift("+", spec, a), _lift("+", spec, b)
     check_same_args("+", [a.spec, b.spec])
-    return add_p.bind(a, b, ct=False)
+    return _make(add_p, a, b, ct=False)
 
 
 def sub(a, b) -> Function:
@@ -314,12 +328,12 @@ def div(a, b) -> Function:
 
 def power(a, b) -> Function:
     if is_function(a) and isinstance(b, numbers.Number) and not isinstance(b, bool):
-        return compose_p.bind(a, outer=PowerBy(b), linear=(), ct=None)
+        return _make(compose_p, a, outer=PowerBy(b), linear=(), ct=None)
     return _binary("**", jnp.power, a, b)
 
 
 def neg(a) -> Function:
-    return compose_p.bind(a, outer=jnp.negative, linear=(0,), ct=None)
+    return _make(compose_p, a, outer=jnp.negative, linear=(0,), ct=None)
 
 
 def getitem(a, key) -> Function:
@@ -327,7 +341,7 @@ def getitem(a, key) -> Function:
         hash(key)
     except TypeError:
         raise FunctionalError("indexing a function's result needs a static index (ints and slices)")
-    return compose_p.bind(a, outer=GetItem(key), linear=(0,), ct=None)
+    return _make(compose_p, a, outer=GetItem(key), linear=(0,), ct=None)
 
 
 class PowerBy:

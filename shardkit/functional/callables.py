@@ -6,6 +6,7 @@ shared between functions built the same way.
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,7 +225,42 @@ class Hashed:
         return callable_name(self.fn)
 
 
-@dataclass(frozen=True, eq=False)
+class ByCode:
+    """A Python function compared by what it computes: its code, closure cells and defaults (by
+    identity). A lambda re-created on every call of a loss function is then the same static
+    callable each time, so compiled evaluators are reused instead of rebuilt."""
+
+    __slots__ = ("fn", "_key", "__weakref__")
+
+    def __init__(self, fn):
+        self.fn = fn
+        cells = tuple(id(c.cell_contents) if _filled(c) else None for c in (fn.__closure__ or ()))
+        defaults = tuple(id(d) for d in (fn.__defaults__ or ()))
+        kwdefaults = tuple(sorted((k, id(v)) for k, v in (fn.__kwdefaults__ or {}).items()))
+        self._key = (fn.__code__, id(fn.__globals__), cells, defaults, kwdefaults)
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, ByCode) and other._key == self._key
+
+    def describe(self) -> str:
+        return callable_name(self.fn)
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class WithParams:
     """A user function of (params, *args) with the params' pytree structure, called on leaves."""
 
@@ -236,19 +272,15 @@ class WithParams:
         params = jax.tree_util.tree_unflatten(self.treedef, args[:self.num_leaves])
         return self.fn(params, *args[self.num_leaves:])
 
-    def __hash__(self):
-        return hash((id(self.fn), self.treedef, self.num_leaves))
-
-    def __eq__(self, other):
-        return (isinstance(other, WithParams) and other.fn is self.fn and other.treedef == self.treedef
-                and other.num_leaves == self.num_leaves)
-
     def describe(self) -> str:
         return callable_name(self.fn)
 
 
 def static_callable(fn):
-    """`fn` itself when hashable, else wrapped to hash by identity."""
+    """A hashable stand-in for `fn`: Python functions compare by code (see ByCode), other hashable
+    callables are themselves, unhashable ones compare by identity."""
+    if isinstance(fn, types.FunctionType):
+        return ByCode(fn)
     try:
         hash(fn)
         return fn

@@ -201,7 +201,7 @@ def program_avals(program: Program) -> list[ShapedArray]:
 def callable_name(fn) -> str:
     """A short, stable name for a callable param (no addresses)."""
     describe = getattr(fn, "describe", None)
-    if callable(describe):
+    if callable(describe) and not isinstance(fn, type):
         return describe()
     name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", None)
     if name is None:

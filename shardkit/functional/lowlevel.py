@@ -125,11 +125,9 @@ def integrate(f: Function, grid_arrays: Sequence[Any]) -> Any:
 def pair(ct: Function, operands: Sequence[Any], builder: str, bparams: tuple, index: int, aval) -> Any:
     """The transpose, at cotangent `ct`, of an operator linear in the array operand `index`: the
     gradient in that array of <ct, op(..., t, ...)>, each term paired exactly through its template
-    on the grids of the integral it came from."""
-    from .builders import BUILDERS, terms
-    from .function import substitute
-    parts = terms(ct)
-    for t in parts:
+    on the grids of the integral it came from. Compiled once per structure."""
+    from .builders import terms
+    for t in terms(ct):
         missing = [i for i, g in enumerate(t.base_grids) if g is None]
         if missing:
             raise FunctionalError(
@@ -137,6 +135,33 @@ def pair(ct: Function, operands: Sequence[Any], builder: str, bparams: tuple, in
                 f"{ct.spec} with the operator by integration, but the cotangent carries no quadrature "
                 f"grid for argument(s) {missing}. Array derivatives through functions need the "
                 f"functional to integrate them: F = integrate(g(f), Grid(nodes, weights)).")
+    from .types import type_of
+    functions = [ct] + [o for o in operands if isinstance(o, Function)]
+    is_fn = tuple(isinstance(o, Function) for o in operands)
+    programs = tuple(type_of(f).program for f in functions)
+    leaves = [leaves_of(f) for f in functions]
+    arrays = [o for o in operands if not isinstance(o, Function)]
+    key = (programs, is_fn, builder, bparams, index, tuple(aval.shape), str(aval.dtype),
+           tuple((tuple(jnp.shape(a)), str(jnp.result_type(a))) for a in arrays))
+    compiled = _PAIRS.get(key)
+    if compiled is None:
+        compiled = jax.jit(functools.partial(_pair_compute, programs=programs, is_fn=is_fn,
+                                             builder=builder, bparams=bparams, index=index,
+                                             shape=tuple(aval.shape), dtype=aval.dtype))
+        _PAIRS[key] = compiled
+    return compiled([list(x) for x in leaves], list(arrays))
+
+
+_PAIRS: dict = {}
+
+
+def _pair_compute(leaves, arrays, *, programs, is_fn, builder, bparams, index, shape, dtype):
+    from .builders import BUILDERS, terms
+    from .function import rebuild, substitute
+    functions = [rebuild(p, x) for p, x in zip(programs, leaves)]
+    ct, fns, arrs = functions[0], iter(functions[1:]), iter(arrays)
+    operands = [next(fns) if f else next(arrs) for f in is_fn]
+    parts = terms(ct)
     build = BUILDERS[builder]
 
     def total(value):
@@ -153,5 +178,4 @@ def pair(ct: Function, operands: Sequence[Any], builder: str, bparams: tuple, in
             out = out + quadrature(integrand, t.base_grids)
         return out
 
-    zero = jnp.zeros(tuple(aval.shape), aval.dtype)
-    return jax.grad(total)(zero)
+    return jax.grad(total)(jnp.zeros(shape, dtype))

@@ -14,6 +14,7 @@ from .metrics import read_metrics
 from .plans import (NAMED_PLANS, PLAN_NAMES, REPLICATED, SHARDED, SHARDED_TP, TP, ParamLayout, Placement, Plan,
                     PlanLayout, get_plan, with_axes)
 from .report import PlanReport, PlanRow, plan_report
+from .setup import parse_mesh, setup_devices
 from .step import make_train_step
 from .trainer import Trainer, TrainState, fit
 
@@ -22,5 +23,5 @@ __all__ = [
     "LaunchInfo", "NAMED_PLANS", "PLAN_NAMES", "ParamLayout", "Placement", "Plan", "PlanError", "PlanLayout",
     "PlanReport", "PlanRow", "REPLICATED", "Restored", "SHARDED", "SHARDED_TP", "TP", "TextBatches",
     "TrainState", "Trainer", "fit", "get_plan", "init_distributed", "launch", "make_train_step",
-    "plan_report", "read_metrics", "shard_batch", "with_axes",
+    "parse_mesh", "plan_report", "read_metrics", "setup_devices", "shard_batch", "with_axes",
 ]

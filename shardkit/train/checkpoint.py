@@ -71,7 +71,8 @@ class Checkpointer:
         self._ocp = ocp
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                                create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any], meta: dict | None = None) -> None:

@@ -6,6 +6,7 @@ model axis (Megatron layout) while FSDP plans shard the "embed" dimension over t
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -116,28 +117,43 @@ def lm_loss(model: TinyGPT, batch) -> tuple[jax.Array, dict]:
     return loss, {"accuracy": accuracy}
 
 
+@functools.lru_cache(maxsize=8)
+def _sampler(graphdef, seq_len: int, length: int, temperature: float):
+    """One compiled sampling loop per model structure, length and temperature."""
+
+    @jax.jit
+    def sample(state, window, count, key):
+        model = nnx.merge(graphdef, state)
+
+        def body(i, carry):
+            window, count, key, out = carry
+            logits = model(window[None, :])[0, count - 1]
+            key, sub = jax.random.split(key)
+            token = jax.random.categorical(sub, logits / max(temperature, 1e-4)).astype(jnp.int32)
+            appended = window.at[jnp.minimum(count, seq_len - 1)].set(token)
+            shifted = jnp.roll(window, -1).at[-1].set(token)
+            window = jnp.where(count < seq_len, appended, shifted)
+            return window, jnp.minimum(count + 1, seq_len), key, out.at[i].set(token)
+
+        out = jnp.zeros(length, jnp.int32)
+        return jax.lax.fori_loop(0, length, body, (window, count, key, out))[3]
+
+    return sample
+
+
 def generate(model: TinyGPT, tokenizer: CharTokenizer, prompt: str, length: int, *, temperature: float = 0.8,
              seed: int = 0) -> str:
-    """Sample `length` characters after `prompt` (single device; one compiled forward pass reused)."""
+    """Sample `length` characters after `prompt` on one device: one compiled loop over a sliding
+    window of the last `seq_len` tokens."""
     cfg = model.cfg
     graphdef, state = nnx.split(model)
     if jax.process_count() > 1:  # gather every process's shards
         from jax.experimental import multihost_utils
         state = multihost_utils.process_allgather(state, tiled=True)
-    state = jax.device_get(state)
-
-    @jax.jit
-    def next_logits(state, window, position):
-        logits = nnx.merge(graphdef, state)(window[None, :])
-        return logits[0, position]
-
-    ids = list(tokenizer.encode(prompt)) or [0]
-    key = jax.random.key(seed)
-    for _ in range(length):
-        context = ids[-cfg.seq_len:]
-        window = np.zeros(cfg.seq_len, np.int32)
-        window[:len(context)] = context
-        logits = next_logits(state, window, len(context) - 1)
-        key, sub = jax.random.split(key)
-        ids.append(int(jax.random.categorical(sub, logits / max(temperature, 1e-4))))
-    return tokenizer.decode(ids)
+    state = jax.device_put(jax.device_get(state), jax.local_devices()[0])
+    context = list(tokenizer.encode(prompt)[-cfg.seq_len:]) or [0]
+    window = np.zeros(cfg.seq_len, np.int32)
+    window[:len(context)] = context
+    sample = _sampler(graphdef, cfg.seq_len, int(length), float(temperature))
+    tokens = sample(state, window, jnp.int32(len(context)), jax.random.key(seed))
+    return prompt + tokenizer.decode(np.asarray(tokens))

@@ -10,6 +10,8 @@ from .distributed import is_primary
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, (bool, int, str)):
+        return value
     try:
         value = float(value)
     except (TypeError, ValueError):

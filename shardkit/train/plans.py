@@ -257,9 +257,9 @@ def resolve_layout(plan: Plan, params: Any, mesh) -> PlanLayout:
     for role, layout in roles.items():
         if isinstance(layout, Placement) and layout.tensor_parallel and not model_axes:
             raise PlanError(
-                f"plan {plan.name!r} places {role} tensor-parallel over the model axes "
-                f"{tuple(plan.model_axes)}, but the mesh ({mesh_shape}) has none of them; add a model "
-                f"axis (e.g. --mesh data=4,model=2) or pick a plan without tensor parallelism "
+                f"plan {plan.name!r} needs a model axis {tuple(plan.model_axes)} for tensor-parallel "
+                f"{role} and the mesh ({mesh_shape}) has none; add a model axis (e.g. --mesh "
+                f"data=4,model=2), set the plan's model_axes, or pick a plan without tensor parallelism "
                 f"(dp, zero1, zero2, fsdp)")
         if isinstance(layout, Placement) and isinstance(layout.shard, tuple):
             missing = [a for a in layout.shard if a not in names]

@@ -61,8 +61,10 @@ class PlanReport:
 
     def __rich__(self):
         from rich.table import Table
-        table = Table(title=f"model-state plans on mesh ({self.mesh}): per-device memory and bytes per step")
-        for col in ("plan", "params", "grads", "opt state", "total", "state comm/step", "of which"):
+        table = Table(title=f"model-state plans on mesh ({self.mesh}): per-device bytes",
+                      caption="comm: model-state collectives per step (ring model); AG all-gather, "
+                              "RS reduce-scatter, AR all-reduce")
+        for col in ("plan", "params", "grads", "opt state", "total", "comm/step", "of which"):
             table.add_column(col, justify="left" if col in ("plan", "of which") else "right")
         has_step = any(r.step_comm_bytes is not None for r in self.rows)
         if has_step:
@@ -72,7 +74,7 @@ class PlanReport:
             if row.error:
                 table.add_row(name, "", "", "", "", "", f"[dim]n/a: {row.error}[/]", *([""] if has_step else []))
                 continue
-            detail = ", ".join(f"{k} {_size(v)}" for k, v in row.comm.items() if v) or "none"
+            detail = " + ".join(f"{_ABBREV.get(k, k)} {_size(v)}" for k, v in row.comm.items() if v) or "none"
             cells = [name, _size(row.params_bytes), _size(row.grads_bytes), _size(row.opt_state_bytes),
                      _size(row.total_bytes), _size(row.comm_bytes), detail]
             if has_step:
@@ -87,13 +89,18 @@ class PlanReport:
         return buffer.getvalue()
 
 
+_ABBREV = {"param all-gather": "AG params", "grad reduce-scatter": "RS grads", "grad all-reduce": "AR grads",
+           "grad all-gather": "AG grads", "update all-gather": "AG updates"}
+
+
 def _size(n: float) -> str:
+    """Bytes in 3-4 significant characters: 812B, 423K, 1.7M (powers of 1024)."""
     n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+    for unit in ("B", "K", "M", "G"):
+        if abs(n) < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" or abs(n) >= 10 else f"{n:.1f}{unit}"
         n /= 1024
-    return f"{n:.1f} GiB"
+    return f"{n:.1f}G"
 
 
 def _size_of(mesh: MeshShape, axes) -> int:
