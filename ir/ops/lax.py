@@ -371,7 +371,11 @@ def gather_rule(op) -> FactorRule:
             b.operand(0, src, f)
     for d in range(operand.rank):
         if not b.operands[0][d]:
-            b.operand(0, d, b.factor(operand.shape[d], replication=True))
+            # an indexed dim read one element at a time may stay sharded: each shard gathers the indices
+            # that fall in its range (zeros elsewhere) and the partial results are summed, which is how
+            # XLA partitions it; as a factor of the operand alone it is a reduction factor
+            trivial = d in dn.start_index_map and op.params["slice_sizes"][d] == 1
+            b.operand(0, d, b.factor(operand.shape[d], replication=not trivial))
     return b.build()
 
 
