@@ -25,6 +25,7 @@ from typing import Callable, ClassVar
 from shardkit.ir import Graph, MeshShape, Op, Params, TensorType, Value
 from shardkit.ir.factors import FactorRule
 from shardkit.ir.ops.collectives import COLLECTIVE_KINDS, collective_bytes, spmd_mesh
+from shardkit.ir.registry import RANDOM_PRIMITIVES
 
 from .base import Pass
 from .communication import Collective, ring_bytes
@@ -198,6 +199,11 @@ class Partitioner:
 
     # -- ops -----------------------------------------------------------------------------------
     def op(self, op: Op, scope: _Scope, label: str) -> None:
+        for value in op.operands:
+            if value not in scope.homes:
+                raise PartitionError(f"{label}: op '{op.name}' uses a value ({value.type}) that is not "
+                                     f"defined before it in its region; regions must be closed (pass "
+                                     f"outer values as operands); run graph.verify() to locate it")
         name = op.name
         if name in ("hint", "sharding_constraint"):
             for operand, result in zip(op.operands, op.results):
@@ -214,6 +220,10 @@ class Partitioner:
             getattr(self, f"_{name}")(op, scope, label)
             return
         definition = op.definition
+        if name in RANDOM_PRIMITIVES and name != "threefry2x32":
+            # random bits depend on the global shape: a local call would draw different numbers
+            self.replicated_op(op, scope, label, "draws random numbers for the whole value")
+            return
         if op.regions and definition.region_ties is not None:
             self.replicated_op(op, scope, label, "has regions the partitioner does not enter")
             return
@@ -230,7 +240,8 @@ class Partitioner:
         wanted = any(self.declared(v, label).used for v in op.results)
         operands = tuple(self.get(scope, v, Layout.replicated(v.type.rank)) for v in op.operands)
         results = tuple(Value(TensorType(v.type.shape, v.type.dtype)) for v in op.results)
-        scope.ops.append(op.replace(operands=operands, results=results))
+        params = localize_params(op, [v.type.shape for v in op.operands], [v.type.shape for v in op.results])
+        scope.ops.append(op.replace(operands=operands, results=results, params=params))
         for value, local in zip(op.results, results):
             scope.define(value, Layout.replicated(value.type.rank), local)
         if reason is not None and (moved or wanted):
@@ -350,7 +361,10 @@ class Partitioner:
         for r, value in enumerate(op.results):
             layout = Layout(self._dims(assignment, rule.results[r])).with_partial(
                 result_partial, kind if reduced else "sum")
-            steps = plan(value.type.shape, _itemsize(value.type.dtype), layout, declared_out[r], self.mesh)
+            try:
+                steps = plan(value.type.shape, _itemsize(value.type.dtype), layout, declared_out[r], self.mesh)
+            except PartitionError:
+                return None
             comm += plan_cost(steps)
             results.append(layout)
         halos = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shardkit.ir import Op, Params
+from shardkit.ir import Op, Params, TensorType
 from shardkit.ir.factors import FactorRule
 
 REDUCE_KIND: dict[str, str] = {
@@ -56,8 +56,10 @@ def linear_operands(op: Op, partial: dict[int, tuple]) -> bool:
         return False
     name = op.name
     if name == "convert_element_type":
-        src, dst = op.operands[0].type.dtype, op.results[0].type.dtype
-        return _is_float(src) and _is_float(dst)
+        src, dst = op.operands[0].type, op.results[0].type
+        # summing partials in a narrower type would lose precision the unpartitioned program keeps
+        return _is_float(src.dtype) and _is_float(dst.dtype) and \
+            TensorType((), dst.dtype).nbytes >= TensorType((), src.dtype).nbytes
     if name in _UNARY_LINEAR:
         return set(partial) == {0}
     if name in _ANY_ONE_LINEAR:

@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "simulated CPU devices: shows the plan, the IR, predicted vs compiled "
                                       "collectives and a check against plain JAX, then trains, checkpoints "
                                       "and samples text.")
-    demo.add_argument("--steps", type=int, default=200,
-                      help="train until this many steps are done (default 200; counts restored steps)")
+    demo.add_argument("--steps", type=int, default=300,
+                      help="train until this many steps are done (default 300; counts restored steps)")
     demo.add_argument("--workdir", default="runs/demo", help="metrics.jsonl and checkpoints/ go here")
     demo.add_argument("--checkpoint-every", type=int, default=50, help="save every K steps (0: never)")
     demo.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-check", action="store_true", help="skip the differential check against plain JAX")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--samples", type=int, default=3, help="lines of generated text at the end (default 3)")
+    demo.add_argument("--no-compile-cache", action="store_true",
+                      help="do not keep compiled programs in WORKDIR/.jax_cache (reruns compile again)")
 
     launch = sub.add_parser("launch", help="run a command as N cooperating processes on this machine",
                             description="Start N copies of COMMAND that join one jax.distributed run over "
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one spec per argument: comma-separated dims, '_' unsharded, 'a+b' for two "
                               "axes, '-' for no spec; e.g. data,_ _,model")
     explain.add_argument("--pipeline", default="default", help="pass pipeline (default: 'default')")
+    explain.add_argument("--lowering", choices=["xla", "spmd"], default="xla",
+                         help="xla: XLA partitions (default); spmd: shardkit's own partitioner")
     explain.add_argument("--auto", action="store_true",
                          help="choose shardings automatically (pipeline 'auto': the auto-shard ILP)")
     explain.add_argument("--memory-limit", type=int, default=0,
@@ -116,7 +120,7 @@ def _explain(args) -> int:
     if args.auto:
         pipeline = (f"canonicalize,cse,dce,auto-shard{{memory-limit={args.memory_limit}}}"
                     if args.memory_limit else "auto")
-    report = sk.explain(fn, mesh=mesh, in_specs=specs, pipeline=pipeline)(*shapes)
+    report = sk.explain(fn, mesh=mesh, in_specs=specs, pipeline=pipeline, lowering=args.lowering)(*shapes)
     from rich.console import Console
     Console().print(report)
     return 0
@@ -128,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         from shardkit.train.distributed import init_distributed
         if init_distributed() is None:
             _use_cpu_devices(args.devices)
+        if not args.no_compile_cache:
+            import os
+            import jax
+            jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(args.workdir, ".jax_cache")))
         from shardkit.demo import DemoConfig, run_demo
         run_demo(DemoConfig(steps=args.steps, workdir=args.workdir, checkpoint_every=args.checkpoint_every,
                             resume=args.resume, mesh=args.mesh, plan=args.plan, eval_every=args.eval_every,

@@ -46,12 +46,12 @@ def _groups(line: str) -> list[list[int]] | None:
         if m.group(4):
             ids = ids.transpose([int(x) for x in m.group(4).split(",")])
         return ids.reshape(groups, size).tolist()
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\((?P<ids>[^{]*)\))?\s*\{([^}]*)\}", line)
     if m:
         axes = [(name, int(size)) for name, size in re.findall(r"'([^']+)'=(\d+)", m.group(1))]
-        chosen = re.findall(r"'([^']+)'", m.group(2))
+        chosen = re.findall(r"'([^']+)'", m.group(3))
         names = [a for a, _ in axes]
-        ids = np.arange(int(np.prod([s for _, s in axes]))).reshape([s for _, s in axes])
+        ids = _device_ids(m.group("ids"), int(np.prod([s for _, s in axes]))).reshape([s for _, s in axes])
         keep = [names.index(a) for a in names if a not in chosen]
         group = [names.index(a) for a in chosen if a in names]
         ids = ids.transpose(keep + group)
@@ -61,6 +61,21 @@ def _groups(line: str) -> list[list[int]] | None:
     if m:
         return [[int(x) for x in filter(None, g.split(","))] for g in re.findall(r"\{([0-9, ]*)\}", m.group(1))]
     return None
+
+
+def _device_ids(text: str | None, count: int) -> np.ndarray:
+    """The device order of a mesh-style replica group: `[4,2]T(1,0)` (an iota, reshaped and
+    transposed), an explicit list, or none (0..count-1)."""
+    if not text:
+        return np.arange(count)
+    m = re.fullmatch(r"\s*\[([0-9,]+)\](?:T\(([0-9,]+)\))?\s*", text)
+    if m:
+        dims = [int(x) for x in m.group(1).split(",")]
+        ids = np.arange(int(np.prod(dims))).reshape(dims)
+        if m.group(2):
+            ids = ids.transpose([int(x) for x in m.group(2).split(",")])
+        return ids.reshape(-1)
+    return np.array([int(x) for x in re.findall(r"\d+", text)])
 
 
 def _axes_of(group: list[int], mesh: MeshShape | None) -> tuple[str, ...]:

@@ -174,12 +174,10 @@ class ShardedFunction:
             propagation = completed or ctx.analyses.peek(PropagationResult, graph)
             propagated = None
             if self.lowering == "spmd":
-                from shardkit.passes.partition import is_partitioned, partition_graph
+                from shardkit.passes.partition import is_partitioned
                 if not is_partitioned(graph):
                     propagated = graph
-                    ctx.diagnostics.current_pass = "partition"
-                    graph = partition_graph(graph, self.mesh, warn=ctx.diagnostics.warning)
-                    ctx.diagnostics.current_pass = None
+                    graph = Pipeline.parse("partition").run(graph, mesh=self.mesh, ctx=ctx)
             self._cache[key] = Build(graph, LoweredFunction(graph, self.mesh), ctx, propagation, propagated)
         return self._cache[key]
 

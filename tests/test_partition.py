@@ -215,12 +215,37 @@ MISC = [
     ("sort", lambda x, y: jnp.sort(x, 0) + y, (P("data", "model"), P())),
     ("dynamic-slice", lambda x, y: lax.dynamic_slice_in_dim(x, 3, 4, 1) + y[:, :4],
      (P("data", "model"), P("data", None))),
+    ("dynamic-update-slice", lambda x, y: lax.dynamic_update_slice(x, y[:, :2], (0, 3)),
+     (P("data", "model"), P("data", None))),
+    ("scatter-add", lambda x, y: x.at[jnp.array([1, 5, 9])].add(y[:3]), (P(None, "model"), P("data", None))),
+    ("top-k", lambda x, y: lax.top_k(x, 3)[0] + y[:, :3], (P("data", "model"), P("data", None))),
+    ("strided-slice", lambda x, y: x[::2] + y[1::2], (P("data", "model"), P("data", None))),
+    ("roll", lambda x, y: jnp.roll(x, 1, 0) + y, (P("data", "model"), P("data", None))),
+    ("one-hot", lambda x, y: jax.nn.one_hot(jnp.argmax(x, 1), 8) * y, (P("data", "model"), P("data", None))),
+    ("batched-matmul", lambda x, y: jnp.einsum("bij,bjk->bik", x.reshape(4, 4, 8), y.reshape(4, 8, 4)),
+     (P("data", "model"), P(None, "data"))),
+    ("integers", lambda x, y: (x > 0).astype(jnp.int32).sum(0) + jnp.argmin(y, 0), (P("data", "model"), P())),
+    ("variance", lambda x, y: jnp.var(x @ y.T, axis=0), (P("data", "model"), P("data", "model"))),
+    ("remat", lambda x, y: jax.checkpoint(lambda a: jnp.sin(a) @ y.T)(x).sum(), (P("data", "model"), P(None, "model"))),
 ]
 
 
 @pytest.mark.parametrize("name,fn,specs", MISC, ids=[m[0] for m in MISC])
 def test_misc_ops(mesh, name, fn, specs):
     _check(fn, mesh, specs, _rand(16, 8), _rand(16, 8, seed=1))
+
+
+def test_bf16_program(mesh):
+    # XLA's CPU pipeline may move a convert across a collective (an f32 all-gather instead of a bf16
+    # one), so only the numbers are compared here, not the bytes
+    def fn(x, y):
+        return (x.astype(jnp.bfloat16) @ y.T.astype(jnp.bfloat16)).astype(jnp.float32)
+
+    x, y = _rand(16, 8), _rand(16, 8, seed=1)
+    jf = sk.jit(fn, mesh=mesh, in_specs=(P(None, "model"), P(None, "model")), lowering="spmd")
+    np.testing.assert_allclose(jf(x, y), fn(x, y), rtol=2e-2, atol=2e-2)
+    assert any(v.type.dtype == jnp.bfloat16 for op in jf.graph(x, y).walk() if op.name.startswith("spmd.")
+               for v in op.operands)
 
 
 # -- convolution with halo exchange ------------------------------------------------------------------
@@ -257,6 +282,21 @@ def test_scan_partitions_its_body(mesh):
     _, graph = _check(fn, mesh, (P(None, None, "model"), P("data", None)), _rand(3, 8, 8) / 3, _rand(16, 8))
     (scan,) = [op for op in graph.walk() if op.name == "scan"]
     assert scan.operands[-1].type.shape == (3, 8, 4)  # the stacked weights stay sharded inside
+
+
+def test_loop_carrying_a_contraction(mesh):
+    def fn(x, y):
+        return lax.fori_loop(0, 3, lambda i, c: c + (x @ y.T).sum(0), jnp.zeros(16))
+
+    _check(fn, mesh, (P(None, "model"), P(None, "model")), _rand(16, 8), _rand(16, 8, seed=1))
+
+
+def test_grad_of_a_scan_inside_the_program(mesh):
+    def fn(x, w):
+        loss = lambda w: lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=3)[0].sum()  # noqa: E731
+        return jax.grad(loss)(w)
+
+    _check(fn, mesh, (P("data", None), P(None, "model")), _rand(16, 8), _rand(8, 8, seed=1) / 3, rtol=1e-4)
 
 
 def test_while_and_cond(mesh):
@@ -335,6 +375,24 @@ def test_uneven_dimension_names_the_op_and_dimension():
     with pytest.raises(PartitionError, match=r"hint#0: dimension 0 of size 10 does not divide over data") as e:
         partition_graph(graph, MESH)
     assert isinstance(e.value, ShardingError) and "does not pad" in str(e.value)
+
+
+def test_random_op_runs_whole_with_a_warning(mesh):
+    def fn(key, x):
+        return x + jax.random.normal(key, x.shape)
+
+    key, x = jax.random.key(3), _rand(16, 8)
+    jf, _ = _check(fn, mesh, (None, P("data", "model")), key, x)
+    warnings = [d.message for d in jf.build(key, x).ctx.diagnostics if d.severity == "warning"]
+    assert any("random_bits" in w and "random numbers" in w for w in warnings)
+
+
+def test_nested_shard_map_is_refused(mesh):
+    def fn(x):
+        return jax.shard_map(lambda a: a * 2, mesh=mesh, in_specs=P("data"), out_specs=P("data"))(x)
+
+    with pytest.raises(ShardingError, match="already contains a shard_map"):
+        sk.jit(fn, mesh=mesh, in_specs=(P("data", None),), lowering="spmd")(_rand(16, 8))
 
 
 def test_unknown_lowering_is_rejected(mesh):
