@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=8, help="DiLoCo replicas (a multiple of the devices)")
     parser.add_argument("--rounds", type=int, default=8, help="outer steps")
     parser.add_argument("--inner-steps", type=int, default=10, help="H: inner AdamW steps per outer step")
-    parser.add_argument("--batch", type=int, default=16, help="sequences per inner step and replica")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per inner step and replica")
     parser.add_argument("--seq", type=int, default=32, help="sequence length")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)

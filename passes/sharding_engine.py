@@ -228,7 +228,15 @@ class _Engine:
             return False
         chosen: dict[str, tuple] = {}
         used: set[str] = set()
-        order = sorted(candidates, key=lambda f: self._factor_key(c, candidates, f))
+        claims: dict[str, str] = {}
+        contested = False
+        for f, cands in candidates.items():
+            for cand in cands:
+                for axis in cand[2]:
+                    contested |= claims.setdefault(axis, f) != f
+        # the order only matters when factors compete for an axis (the first one takes it)
+        order = sorted(candidates, key=lambda f: self._factor_key(c, candidates, f)) if contested \
+            else list(candidates)
         for f in order:
             cands = sorted(candidates[f], key=lambda x: (x[0], x[1]))
             if f in c.replication:

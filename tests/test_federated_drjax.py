@@ -9,6 +9,7 @@ import shardkit as sk
 import shardkit.federated as fed
 
 drjax = pytest.importorskip("drjax")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # DrJAX reads a deprecated JAX global
 
 N = 8
 

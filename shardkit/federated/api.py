@@ -9,13 +9,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import primitives as prims
 from .context import Placement, inside, resolve
 from .errors import FederatedError
-
-_sum = sum  # the builtin, before this module defines its own `sum`
 
 
 def _leaves(tree, what: str) -> tuple[list, Any]:

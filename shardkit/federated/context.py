@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import jax
 from jax.sharding import AxisType, Mesh
 
 from shardkit.ir import _jax

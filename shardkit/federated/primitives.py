@@ -18,7 +18,6 @@ jaxpr still shows the communication instead of its array implementation.
 """
 from __future__ import annotations
 
-import builtins
 import functools
 from typing import Any, Sequence
 
@@ -153,8 +152,6 @@ def sum_array(x, *, dim: int, **_):
 
 def mean_array(x, *, dim: int, size: int, **_):
     dtype = mean_dtype(x.dtype)
-    if size == 0:
-        return jnp.full(drop_dim(x.shape, dim), jnp.nan, dtype)
     return (jnp.sum(x.astype(dtype), axis=dim) / jnp.asarray(size, dtype)).astype(dtype)
 
 
@@ -327,7 +324,7 @@ def _sum_transpose(ct, x, **params):
 def _mean_transpose(ct, x, *, size, **params):
     if _jax.is_zero(ct):
         return [_zero(_jax.undefined_aval(x))]
-    return [_bind(BROADCAST, ct / jnp.asarray(max(size, 1), ct.dtype), size=size, **params)]
+    return [_bind(BROADCAST, ct / jnp.asarray(size, ct.dtype), size=size, **params)]
 
 
 def _reduce_batch(name):
@@ -470,7 +467,7 @@ def _map_transpose(cts, *args, jaxpr, in_dims, out_dims, **params):
 
     lin_dims = [d for d, lin in zip(in_dims, linear) if lin]
     outs = iter(bind_map(client, known + cts_live, known_dims + cts_dims,
-                         [0 if d is None else d for d in lin_dims], _map_params(params)))
+                         [0 if d is None else d for d in lin_dims], _placement_params(params)))
     result = []
     for arg, lin, d in zip(args, linear, in_dims):
         if not lin:
@@ -487,10 +484,6 @@ def _zeros(aval):
     if dtype == jax.dtypes.float0:
         return np.zeros(aval.shape, dtype)
     return jnp.zeros(aval.shape, dtype)
-
-
-def _map_params(params: dict) -> dict:
-    return _placement_params(params)
 
 
 def _map_batch(args, dims, *, jaxpr, in_dims, out_dims, **params):
