@@ -1,5 +1,6 @@
 """shardkit: capture a JAX program into a small IR, run passes that partition it, lower it over a mesh."""
 from shardkit import ir
+from shardkit import federated
 from shardkit.ir import capture
 from shardkit.axis_rules import AxisRules, axis_rules
 from shardkit.explain import ExplainReport, explain

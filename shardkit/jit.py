@@ -1,6 +1,7 @@
 """`sk.jit`: capture a function, run a pass pipeline that partitions it, lower it over a mesh."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -103,10 +104,12 @@ class ShardedFunction:
         abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False)) \
             if hasattr(x, "shape") and hasattr(x, "dtype") else x
         args, kwargs = jax.tree_util.tree_map(abstract, (args, kwargs))
-        if self.axis_rules is not None:
-            with self.axis_rules:
-                graph = capture(self.fn, *args, **kwargs)
-        else:
+        # under the mesh's abstract mesh, ops that place values by axis name (federated
+        # placements, for instance) see this mesh's axes
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh))
+            if self.axis_rules is not None:
+                stack.enter_context(self.axis_rules)
             graph = capture(self.fn, *args, **kwargs)
         graph = self._seed_inputs(graph, args, kwargs)
         graph = self._seed_outputs(graph)
