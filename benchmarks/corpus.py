@@ -193,7 +193,7 @@ def _lm_loss(params, tokens, c=None):
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     x = c(jnp.take(params["embed"], inputs, axis=0) + params["pos"][None], "data", None, None)
     for layer in params["layers"]:
-        x = _block(layer, x, c if c is not None else None, causal=True)
+        x = _block(layer, x, c, causal=True)
     x = _layer_norm(x, params["ln_f"])
     logits = c(x @ params["unembed"], "data", None, "model")
     logp = jax.nn.log_softmax(logits, -1)
@@ -257,8 +257,8 @@ def transformer_lm(mesh) -> Case:
         new = _constrain_tree(mesh, optax.apply_updates(params, updates), param_specs)
         return new, _constrain_tree(mesh, opt_state, opt_specs), loss
 
-    return Case("transformer-lm", "4-layer causal LM, Megatron heads/MLP/vocab over model, batch over data; "
-                "one adam step (fwd+bwd+update)", fn, (params, opt_state, tokens), specs, expert,
+    return Case("transformer-lm", "4-layer causal LM, Megatron heads/MLP/unembedding vocab over model, batch "
+                "over data; one adam step (fwd+bwd+update)", fn, (params, opt_state, tokens), specs, expert,
                 rtol=2e-3, atol=2e-5)
 
 
