@@ -10,9 +10,14 @@ the costs below are exact per candidate and the program stays linear:
 * compute: the op's flops divided by the shards of its factors;
 * communication inside the op: an all-reduce over the axes of sharded reduction factors;
 * resharding: a dimension the op needs whole (a replication factor, the minor part of a merged reshape
-  dimension, an op without a rule) is all-gathered; a hint op reshards to its fixed sharding;
+  dimension, an op without a rule, the stacked dimension of a scan's scanned operands) is
+  all-gathered; a hint op reshards to its fixed sharding;
 * memory: at each point of the top-level schedule, the live values' per-device bytes stay under
-  `memory-limit`.
+  `memory-limit` (one continuous "fraction kept" variable per set of classes; points whose live bytes
+  another point's cover term by term are dropped).
+
+Before modelling, every further use of an iota or a broadcast scalar gets its own copy: values that
+only share such a constant (the zeros of two ReLU gradients after CSE) must not merge their classes.
 
 Costs use the alpha-beta model (`objective=time`, the default) or bytes alone (`objective=comm`).
 Scan bodies are one set of decisions weighted by the trip count, so a scan over layers is solved once.
@@ -40,6 +45,7 @@ from .registry import register
 from .sharding_engine import propagate
 
 _HINT_OPS = ("hint", "sharding_constraint")
+_DOMINANCE_WINDOW = 256
 
 
 class AutoShardInfeasible(ShardingError):
@@ -71,6 +77,16 @@ class AutoShardResult:
     fallback: bool
     num_variables: int
     seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class _Whole:
+    """The cost rule of a value at the boundary of a region op: its `dims` are needed whole (a scan
+    slices its stacked operands per iteration, so a sharded stacked dim is all-gathered first); with
+    no dims it only gives the op's result a site (for the memory model)."""
+
+    value: Value
+    dims: tuple[int, ...]
 
 
 class _UnionFind:
@@ -142,7 +158,8 @@ class _Model:
                 self.add_value(v)
             definition = op.definition
             if definition.region_ties is not None:
-                for item in definition.region_ties(op):
+                ties = definition.region_ties(op)
+                for item in ties:
                     if isinstance(item, Pin):
                         for d, ds in enumerate(item.sharding.dims):
                             self.fixed_units[self.unit(item.value, d)] = ds.axes
@@ -156,6 +173,11 @@ class _Model:
                     inner = weight * (int(op.params["length"]) if op.name == "scan" else 1)
                     for r, region in enumerate(op.regions):
                         self.collect(region, inner, f"{label}/region{r}/")
+                    for item in ties:
+                        if isinstance(item, Tie) and item.stacked and item.outer in op.operands:
+                            self.pending.append((op, _Whole(item.outer, (0,)), label, weight))
+                    for v in op.results:
+                        self.pending.append((op, _Whole(v, ()), label, weight))
                 continue
             rule = definition.sharding_rule(op) if definition.sharding_rule is not None else None
             self.pending.append((op, rule, label, weight))
@@ -226,6 +248,8 @@ class _Model:
         return self.comm("all-gather", axes, result / math.prod(self.mesh.size(a) for a in axes), result)
 
     def op_cost(self, op: Op, rule, choice) -> float:
+        if isinstance(rule, _Whole):
+            return self.gather_cost(rule.value, self.dims_under(rule.value, choice), set(rule.dims))
         cost = 0.0
         tensors = list(op.operands) + list(op.results)
         if op.name in _HINT_OPS:
@@ -288,9 +312,11 @@ class _Model:
             site.costs = [0.0] * len(site.candidates)
             self.sites.append(site)
         self.site_of_op: dict[int, int] = {}
+        self.producer_site: dict[Value, int] = {}
         by_classes: dict[tuple, int] = {}
         for op, rule, label, weight in self.pending:
-            classes = sorted({c for v in list(op.operands) + list(op.results) for c in self.classes_of(v)})
+            touched = [rule.value] if isinstance(rule, _Whole) else list(op.operands) + list(op.results)
+            classes = sorted({c for v in touched for c in self.classes_of(v)})
             costs = [weight * self.op_cost(op, rule, ch) for ch in candidates(classes)]
             key = tuple(classes)
             if key in by_classes:
@@ -300,7 +326,11 @@ class _Model:
                 by_classes[key] = len(self.sites)
                 site = _Site(label, op, classes, candidates(classes), costs, weight)
                 self.sites.append(site)
-            self.site_of_op[id(op)] = by_classes[key]
+            if not isinstance(rule, _Whole):
+                self.site_of_op[id(op)] = by_classes[key]
+            for v in touched:
+                if v in op.results:
+                    self.producer_site[v] = by_classes[key]
 
     def class_candidates(self) -> dict[int, list[tuple[str, ...]]]:
         out: dict[int, set] = {c: set() for c in self.size}
@@ -329,6 +359,9 @@ def _solve(model: _Model, memory_limit: float | None, time_limit: float, minimiz
     for site in model.sites:
         y_index.append(list(range(n, n + len(site.candidates))))
         n += len(site.candidates)
+    memory = _memory_model(model, y_index, n) if (memory_limit is not None or minimize_memory) else None
+    if memory is not None:
+        n += len(memory.links)
     extra = 1 if minimize_memory else 0
     total = n + extra
     rows, lo, hi = [], [], []
@@ -349,8 +382,9 @@ def _solve(model: _Model, memory_limit: float | None, time_limit: float, minimiz
                 coeffs = {y: 1.0 for y, ch in zip(ys, site.candidates) if ch[c] == a}
                 coeffs[x_index[(c, a)]] = coeffs.get(x_index[(c, a)], 0.0) - 1.0
                 row(coeffs, 0, 0)
-    memory_rows = _memory_rows(model, y_index) if (memory_limit is not None or minimize_memory) else []
-    for coeffs in memory_rows:
+    for coeffs in memory.links if memory is not None else []:
+        row(coeffs, 0, 0)
+    for coeffs in memory.rows if memory is not None else []:
         if minimize_memory:
             coeffs = dict(coeffs)
             coeffs[total - 1] = -1.0
@@ -375,22 +409,36 @@ def _solve(model: _Model, memory_limit: float | None, time_limit: float, minimiz
         cost = cost / scale
     integrality = np.ones(total)
     upper = np.ones(total)
+    if memory is not None:
+        integrality[memory.first:memory.first + len(memory.links)] = 0
     if minimize_memory:
         integrality[-1] = 0
         upper[-1] = np.inf
     res = milp(cost, integrality=integrality, bounds=Bounds(np.zeros(total), upper),
                constraints=LinearConstraint(A.tocsr(), np.array(lo), np.array(hi)),
-               options={"time_limit": time_limit, "disp": False, "mip_rel_gap": mip_gap})
+               options={"time_limit": time_limit, "disp": False, "mip_rel_gap": mip_gap,
+                        # HiGHS's presolve (probing) can spend the whole time limit on these models,
+                        # whose root LP is usually already integral: solving directly is far faster
+                        "presolve": False})
     return res, x_index, total
 
 
-def _memory_rows(model: _Model, y_index) -> list[dict[int, float]]:
-    """Per program point of the top-level schedule: the per-device bytes of live values, as rows."""
+@dataclass
+class _Memory:
+    """The memory constraints in compact form. A continuous variable per distinct set of classes holds
+    the fraction of a value's bytes one device keeps (linked to a site's choice by an equality row), so
+    a program point's row is live bytes per class set times those fractions; only undominated program
+    points are kept (a row no larger, term by term, than another one is implied by it)."""
+
+    first: int
+    links: list[dict[int, float]]
+    rows: list[dict[int, float]]
+
+
+def _memory_model(model: _Model, y_index, first: int) -> _Memory:
+    """Per program point of the top-level schedule: the per-device bytes of live values."""
     graph = model.graph
-    producer_site: dict[Value, int] = {}
-    for op, _, _, _ in model.pending:
-        for v in op.results:
-            producer_site[v] = model.site_of_op[id(op)]
+    producer_site: dict[Value, int] = dict(model.producer_site)
     for k, v in enumerate(graph.inputs):
         producer_site[v] = k
     last_use: dict[Value, int] = {}
@@ -400,29 +448,61 @@ def _memory_rows(model: _Model, y_index) -> list[dict[int, float]]:
     for v in graph.outputs:
         last_use[v] = len(graph.ops)
 
-    def bytes_row(value: Value) -> dict[int, float]:
+    links: list[dict[int, float]] = []
+    z_of: dict[frozenset, int] = {}
+
+    def fraction_var(value: Value) -> int | None:
         s = producer_site.get(value)
         if s is None:
-            return {}
-        site = model.sites[s]
-        return {y: model.local_bytes(value, model.dims_under(value, ch)) for y, ch in zip(y_index[s], site.candidates)}
+            return None
+        key = frozenset(model.classes_of(value))
+        if key not in z_of:
+            z_of[key] = first + len(links)
+            coeffs = {z_of[key]: 1.0}
+            for y, ch in zip(y_index[s], model.sites[s].candidates):
+                axes = {a for c in key for a in ch.get(c, ())}
+                coeffs[y] = -1.0 / math.prod(model.mesh.size(a) for a in axes)
+            links.append(coeffs)
+        return z_of[key]
 
-    rows = []
-    live = {v: bytes_row(v) for v in graph.inputs}
+    points: list[dict[int, float]] = []
+    live = {v: (fraction_var(v), v.type.nbytes) for v in graph.inputs}
     for index, op in enumerate(graph.ops):
         for v in op.results:
-            live[v] = bytes_row(v)
-        row: dict[int, float] = {}
-        for coeffs in live.values():
-            for y, b in coeffs.items():
-                row[y] = row.get(y, 0.0) + b
-        rows.append(row)
+            live[v] = (fraction_var(v), v.type.nbytes)
+        point: dict[int, float] = {}
+        for z, nbytes in live.values():
+            if z is not None:
+                point[z] = point.get(z, 0.0) + nbytes
+        points.append(point)
         for v in list(live):
             if last_use.get(v, -1) <= index and v not in graph.outputs:
                 del live[v]
     if not graph.ops:
-        rows.append({y: b for v in graph.inputs for y, b in bytes_row(v).items()})
-    return rows
+        point = {}
+        for v in graph.inputs:
+            z = fraction_var(v)
+            if z is not None:
+                point[z] = point.get(z, 0.0) + v.type.nbytes
+        points.append(point)
+    return _Memory(first, links, _undominated(points, first, len(links)))
+
+
+def _undominated(points: list[dict[int, float]], first: int, width: int) -> list[dict[int, float]]:
+    """The rows not implied by another row (every coefficient of the other is at least as large)."""
+    if not points or not width:
+        return [p for p in points if p][:1]
+    dense = np.zeros((len(points), width))
+    for i, point in enumerate(points):
+        for z, b in point.items():
+            dense[i, z - first] = b
+    kept: list[int] = []
+    for i in np.argsort(-dense.sum(axis=1), kind="stable"):
+        # against the largest kept rows only: bounds the work; a row kept needlessly is just redundant
+        if kept and np.any(np.all(dense[kept[:_DOMINANCE_WINDOW]] >= dense[i], axis=1)):
+            continue
+        kept.append(int(i))
+    return [{first + k: float(b) for k, b in enumerate(dense[i]) if b} for i in sorted(kept)]
 
 
 def auto_shard(graph: Graph, mesh: MeshShape, memory_limit: float | None = None, objective: str = "time",
@@ -436,6 +516,7 @@ def auto_shard(graph: Graph, mesh: MeshShape, memory_limit: float | None = None,
     for a in axes_allowed:
         mesh.size(a)
     started = time.perf_counter()
+    graph = _unshare_cheap_values(graph)
     model = _Model(graph, mesh, CostModel({}, bandwidth_gbps, latency_us), objective, flops_per_s, axes_allowed)
     model.collect(graph, 1.0)
     model.build_classes()
@@ -464,6 +545,41 @@ def auto_shard(graph: Graph, mesh: MeshShape, memory_limit: float | None = None,
     sharded = _apply(model, graph, chosen)
     return AutoShardResult(sharded, chosen, objective_value, res.status == 0, fallback, total,
                            time.perf_counter() - started)
+
+
+def _is_cheap(op: Op) -> bool:
+    """An op whose result any device can make locally in any sharding: an iota or a broadcast scalar."""
+    return len(op.results) == 1 and (op.name == "iota" or (
+        op.name == "broadcast_in_dim" and all(v.type.rank == 0 for v in op.operands)))
+
+
+def _unshare_cheap_values(graph: Graph) -> Graph:
+    """Give every further use of a cheap value (`_is_cheap`) its own copy, so that unrelated values
+    that only share, say, the zeros of a ReLU gradient after CSE do not merge their dimensions into
+    one class; each copy is then sharded like its user, at no communication."""
+    def rewrite(g: Graph) -> Graph:
+        cheap: dict[Value, Op] = {}
+        used: set[Value] = set()
+        ops: list[Op] = []
+        changed = False
+        for op in g.ops:
+            regions = op.regions if op.name == "shard_map" else tuple(rewrite(r) for r in op.regions)
+            operands = list(op.operands)
+            for k, v in enumerate(operands):
+                if v in cheap and v in used:
+                    copy = Value(v.type)
+                    ops.append(cheap[v].replace(results=(copy,)))
+                    operands[k] = copy
+                used.add(v)
+            if regions != op.regions or tuple(operands) != op.operands:
+                op = op.replace(operands=tuple(operands), regions=regions)
+                changed = True
+            ops.append(op)
+            if _is_cheap(op):
+                cheap[op.results[0]] = op
+        return g.replace(ops=tuple(ops)) if changed else g
+
+    return rewrite(graph)
 
 
 def _greedy(model: _Model) -> dict[int, tuple[str, ...]]:
