@@ -64,7 +64,8 @@ def build(hidden: int, lr: float):
     def loss_fn(model, batch):
         return jnp.mean((model(batch["x"]) - batch["y"]) ** 2)
 
-    return MLP(nnx.Rngs(0)), optax.adam(lr), loss_fn
+    model = nnx.jit(lambda: MLP(nnx.Rngs(0)))()  # under jit: one compile, not one per initializer op
+    return model, optax.adam(lr), loss_fn
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ PROMPTS = ("Shall I ", "The ", "O ")
 class DemoConfig:
     """Options of `shardkit demo` (the CLI flags map onto these)."""
 
-    steps: int = 200
+    steps: int = 300
     workdir: str = "runs/demo"
     checkpoint_every: int = 50
     resume: bool = False
@@ -52,20 +52,28 @@ class DemoConfig:
     seed: int = 0
 
 
+def _spec_text(spec) -> str:
+    """P('model', 'data') -> "model data"; P(None, 'model') -> "- model"; P() -> "rep" (replicated)."""
+    entries = ["-" if e is None else e if isinstance(e, str) else "+".join(e) for e in tuple(spec)]
+    return " ".join(entries) if any(e != "-" for e in entries) else "rep"
+
+
 def _layout_table(trainer: Trainer):
+    from rich import box
     from rich.table import Table
-    table = Table(title=f"plan {trainer.plan.name!r}: where each parameter lives "
-                        f"(blocks/* = every transformer block)")
+    table = Table(title=f"plan {trainer.plan.name!r}: the mesh axes splitting each dimension",
+                  caption="*/ = in every block; - = dimension not split; rep = replicated",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("parameter", "shape", "stored", "used as", "grads", "opt state"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     seen = set()
     for leaf in trainer.layout.leaves:
-        name = re.sub(r"blocks/\d+/", "blocks/*/", leaf.name)
+        name = re.sub(r"blocks/\d+/", "*/", leaf.name)
         if name in seen:
             continue
         seen.add(name)
-        table.add_row(name, str(leaf.shape), *(str(tuple(getattr(leaf, r))) if tuple(getattr(leaf, r)) else "replicated"
-                                               for r in ("params", "compute", "grads", "opt_state")))
+        table.add_row(name, "x".join(map(str, leaf.shape)),
+                      *(_spec_text(getattr(leaf, role)) for role in ("params", "compute", "grads", "opt_state")))
     return table
 
 

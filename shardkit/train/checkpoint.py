@@ -30,6 +30,24 @@ FORMAT = 1
 _ROLE_WORDS = {"params": "parameter", "opt_state": "optimizer state leaf", "rest": "model state leaf"}
 
 
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+
+
+def _stored_leaf(x):
+    """Typed PRNG keys are stored as their raw key data (uint32), arrays as themselves."""
+    return jax.random.key_data(x) if _is_key(x) else x
+
+
+def _key_data_target(leaf) -> jax.ShapeDtypeStruct:
+    data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(leaf.shape, leaf.dtype))
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (len(data.shape) - len(tuple(sharding.spec)))
+        sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+
+
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (partial or corrupt) and an older one is used instead."""
 
@@ -83,12 +101,20 @@ class Checkpointer:
         for role, tree in state.items():
             for name, leaf in zip(leaf_names(tree), jax.tree_util.tree_leaves(tree)):
                 names.append(f"{role}/{name}")
-                leaves.append(leaf)
+                leaves.append(_stored_leaf(leaf))
         record = {"format": FORMAT, "step": int(step), **(meta or {})}
         json.dumps(record)  # metadata must be plain JSON
         args = self._ocp.args.Composite(state=self._ocp.args.StandardSave(nested(names, leaves)),
                                         meta=self._ocp.args.JsonSave(record))
         self._manager.save(int(step), args=args, force=True)
+
+    def clear(self) -> list[int]:
+        """Delete every checkpoint here (a fresh run reusing the directory); returns the steps removed."""
+        self._manager.wait_until_finished()
+        steps = self.steps()
+        for step in steps:
+            self._manager.delete(step)
+        return steps
 
     def wait(self) -> None:
         """Block until pending async saves are written and sealed."""
@@ -201,10 +227,11 @@ class Checkpointer:
         names, abstract, treedefs = [], [], {}
         for role, tree in target.items():
             leaves, treedef = jax.tree_util.tree_flatten(tree)
-            treedefs[role] = (treedef, len(leaves))
+            treedefs[role] = (treedef, len(leaves), [jax.random.key_impl(x) if _is_key(x) else None for x in leaves])
             for name, leaf in zip(leaf_names(tree), leaves):
                 names.append(f"{role}/{name}")
-                abstract.append(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None)))
+                abstract.append(_key_data_target(leaf) if _is_key(leaf) else
+                                jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None)))
         return names, abstract, treedefs
 
     def _check_fits(self, step: int, stored: dict, names: list[str], abstract: list) -> None:
@@ -242,7 +269,9 @@ class Checkpointer:
         flat = flat_nested(tree)
         leaves = [flat[name.replace(".", "_")] for name in names]
         out, i = {}, 0
-        for role, (treedef, count) in treedefs.items():
-            out[role] = jax.tree_util.tree_unflatten(treedef, leaves[i:i + count])
+        for role, (treedef, count, key_impls) in treedefs.items():
+            part = [x if impl is None else jax.random.wrap_key_data(x, impl=impl)
+                    for x, impl in zip(leaves[i:i + count], key_impls)]
+            out[role] = jax.tree_util.tree_unflatten(treedef, part)
             i += count
         return out

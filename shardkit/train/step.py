@@ -40,6 +40,7 @@ def make_loss(graphdef, loss_fn: Callable, compute_specs: Any | None) -> Callabl
     def loss_of(params, rest, batch):
         if compute_specs is not None:
             params = hint_tree(params, compute_specs)
+        rest = jax.tree_util.tree_map(lambda x: x, rest)  # fresh Variables at this trace level (mutable)
         model = nnx.merge(graphdef, params, rest)
         loss, metrics = split_loss(loss_fn(model, batch))
         _, _, new_rest = nnx.split(model, nnx.Param, ...)

@@ -3,6 +3,7 @@ progress, JSONL metrics, periodic evaluation and resumable Orbax checkpoints."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -19,7 +20,7 @@ from shardkit.mesh import resolve_mesh
 
 from .checkpoint import Checkpointer, Restored
 from .data import DataStream, count_tokens, shard_batch, source_for
-from .errors import PlanError
+from .errors import CheckpointError, PlanError
 from .metrics import MetricsLog, Progress, mean_metrics
 from .plans import Plan, PlanLayout, get_plan
 from .step import make_eval_step, make_grad_step, make_train_step
@@ -89,6 +90,7 @@ class Trainer:
             step_fn, self.mesh, in_specs=(self.param_specs, self.opt_specs, self.rest_specs, self.batch_spec),
             out_specs=(self.param_specs, self.opt_specs, self.rest_specs, None), pipeline=pipeline)
         self._compiled = None
+        self._data_state: dict | None = None
         self._eval = None
         self._grads = None
         self.compile_seconds = 0.0
@@ -167,26 +169,29 @@ class Trainer:
         return self.train_step.graph(*self._args(self.shard_batch(batch)))
 
     def explain(self, batch: Any):
-        """An `sk.ExplainReport` of the compiled train step (predicted vs compiled collectives)."""
-        from shardkit.explain import ExplainReport
+        """An `sk.ExplainReport` of the compiled train step (predicted vs compiled collectives),
+        built from the step already compiled instead of compiling it again as `sk.explain` would."""
+        from shardkit.explain import ExplainReport, ValueRow
         from shardkit.hlo import collectives_from_hlo
         from shardkit.ir.printer import type_text
         from shardkit.passes.communication import graph_collectives, peak_memory
         from shardkit.passes.sharding_engine import value_order
-        from shardkit.explain import ValueRow
         batch = self.shard_batch(batch)
         hlo = self.compile(batch).as_text()
         build = self.train_step.build(*self._args(batch))
+        graph = getattr(build, "propagated", None) or build.graph
         origins = build.propagation.origins if build.propagation is not None else {}
         rows = []
-        for index, value in enumerate(value_order(build.graph)):
+        for index, value in enumerate(value_order(graph)):
             dims = origins.get(value, [])
             origin = "; ".join(sorted({o for o in dims if o})) or ("-" if value.type.rank else "")
             rows.append(ValueRow(f"%{index}", type_text(value.type), origin))
         unruled = list(build.propagation.unruled) if build.propagation is not None else []
+        warnings_ = [d.message for d in build.ctx.diagnostics if getattr(d, "severity", "") == "warning"]
         mesh_shape = self.train_step.mesh_shape
-        return ExplainReport(build.graph, mesh_shape, rows, graph_collectives(build.graph, mesh_shape),
-                             collectives_from_hlo(hlo, self.mesh), unruled, peak_memory(build.graph, mesh_shape), hlo)
+        return ExplainReport(graph, mesh_shape, rows, graph_collectives(graph, mesh_shape),
+                             collectives_from_hlo(hlo, self.mesh), unruled, peak_memory(graph, mesh_shape), hlo,
+                             warnings_)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -206,6 +211,7 @@ class Trainer:
             return None
         self.state = TrainState(restored.state["params"], restored.state["opt_state"],
                                 restored.state["rest"], int(restored.step))
+        self._data_state = restored.meta.get("data")  # the next fit() continues the data from here
         return restored
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -220,6 +226,9 @@ class Trainer:
         checkpoint there with the same data position, so the loss trajectory matches an
         uninterrupted run.
         """
+        if (resume or checkpoint_every) and workdir is None:
+            raise CheckpointError("fit(resume=... / checkpoint_every=...) needs workdir=: checkpoints live in "
+                                  "WORKDIR/checkpoints")
         stream = source_for(data)
         workdir = Path(workdir) if workdir is not None else None
         log = MetricsLog(workdir / "metrics.jsonl" if workdir is not None else None)
@@ -228,12 +237,19 @@ class Trainer:
         if resume and checkpointer is not None:
             restored = self.restore(checkpointer)
             if restored is not None:
-                stream.restore(restored.meta.get("data", {}))
                 log.truncate_after(restored.step)
             else:
                 log.reset()
-        elif workdir is not None:
+        elif workdir is not None and self.state.step == 0:
             log.reset()
+            if checkpointer is not None and checkpointer.steps():
+                removed = checkpointer.clear()
+                warnings.warn(f"starting a fresh run in {workdir}: removed checkpoints of an earlier run "
+                              f"(steps {removed}); pass resume=True to continue them instead", stacklevel=2)
+        if self._data_state is not None:
+            if stream.stateless or not self._data_state.get("after_fit"):
+                stream.restore(self._data_state)
+            self._data_state = None
         eval_set = _eval_set(eval_data, eval_batches) if eval_data is not None else None
         records: list[dict] = []
         bar = None
@@ -268,9 +284,11 @@ class Trainer:
                         break
                     batch = stream.next()
             if checkpointer is not None and checkpoint_every and self.state.step > 0 \
-                    and last_saved != self.state.step and self.state.step not in checkpointer.steps():
+                    and last_saved != self.state.step:
                 self.save(checkpointer, stream.state())
         finally:
+            if stream.stateless:  # a later fit() with a step-indexed source continues from here
+                self._data_state = {**stream.state(), "after_fit": True}
             if bar is not None:
                 bar.close()
             log.close()
