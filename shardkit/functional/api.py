@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import builders
+from . import builders, engine, lowlevel
 from .callables import GetItem, Index, Inner, Stack, WithParams, static_callable
 from .errors import FunctionalError
-from .function import Function, leaves_of
+from .function import Function
 from .grid import Grid
-from .primitives import (add_p, apply_p, broadcast_p, compose_p, const_p, integrate_p, linearize_p,
+from .primitives import (eager_worthwhile, add_p, apply_p, broadcast_p, compose_p, const_p, integrate_p, linearize_p,
                          ltranspose_p, nabla_p, partial_p, permute_p)
 from .spec import Spec, as_shape, check_argnum, check_same_args
 from .types import FunctionType
@@ -39,7 +39,7 @@ def is_function(x) -> bool:
 def _traced(x) -> bool:
     if isinstance(x, jax.core.Tracer):
         return True
-    return isinstance(x, Function) and any(isinstance(leaf, jax.core.Tracer) for leaf in leaves_of(x))
+    return isinstance(x, Function) and x.traced
 
 
 def _make(prim, *operands, **params):
@@ -107,7 +107,7 @@ def constant(value: Any, arg_shapes: Sequence, dtype=jnp.float32) -> Function:
 
 def _as_array(x, dtype=None):
     if isinstance(x, (jax.Array, jax.core.Tracer)):
-        return x if dtype is None else x.astype(dtype)
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
     return jnp.asarray(x, dtype=dtype)
 
 
@@ -130,6 +130,10 @@ def apply(f, *xs) -> Any:
                                   f"{tuple(x.shape)}; it takes shape {shape} (use jax.vmap(f) to "
                                   f"evaluate it at many points)")
         args.append(x)
+    if not _traced(f):  # a concrete function: straight to the array level
+        if eager_worthwhile(f) and engine.concrete(f, args):
+            return engine.apply(f, args, 0)
+        return lowlevel.apply(f, args, 0)
     return apply_p.bind(f, *args, batch_ndim=0)
 
 

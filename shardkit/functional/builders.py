@@ -444,14 +444,6 @@ def integrate_out(ct: Function, *, keep: tuple, num_args: int) -> Function:
     return parts[0] if len(parts) == 1 else add(*parts, ct=True)
 
 
-def unbroadcast(ct: Function, *, shape: tuple) -> Function:
-    """Sum a cotangent whose result was broadcast back to `shape`."""
-    from .callables import SumTo
-    if ct.spec.ret == tuple(shape):
-        return ct
-    return compose(ct, outer=SumTo(tuple(shape)), ct=0)
-
-
 # -- which builder a primitive uses (by name), for transposes that pair cotangents with arrays ------
 
 BUILDERS: dict[str, Callable[..., Function]] = {

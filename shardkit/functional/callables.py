@@ -191,22 +191,6 @@ class Inner:
 
 
 @dataclass(frozen=True)
-class Contract:
-    """J of shape ret + arg, t of shape arg -> J . t of shape ret (a Jacobian-vector product)."""
-
-    arg_ndim: int
-
-    def __call__(self, jac, t):
-        if self.arg_ndim == 0:
-            return jac * t
-        axes = tuple(range(jac.ndim - self.arg_ndim, jac.ndim))
-        return jnp.tensordot(jac, t, axes=(axes, tuple(range(self.arg_ndim))))
-
-    def describe(self) -> str:
-        return "contract"
-
-
-@dataclass(frozen=True)
 class Hashed:
     """A callable that cannot be hashed, wrapped so that it hashes (and compares) by identity."""
 

@@ -1,20 +1,19 @@
 """Evaluate a Function graph on arrays, each shared node once per distinct arguments.
 
 The evaluator memoises on (node, argument identities), so a node that several paths reach with the
-same arguments is computed once: a chain of d nested compositions and its derivatives trace to O(d)
-equations, not O(2^d). Compiled forms are cached by the function's static program, so calling two
-functions built the same way (say, one gradient step after another) reuses one compilation.
+same arguments is computed once. It serves the nodes that differentiate their inputs (nabla,
+linearize, linear_transpose), which engine.py hands over; everything else is evaluated on whole
+point sets there.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from .errors import FunctionalError
-from .function import Function, Program, rebuild
+from .function import Function
 
 Memo = dict
 
@@ -76,7 +75,21 @@ def _nabla(f, args, memo):
     def at(x):
         return _eval(child, args[:k] + (x,) + args[k + 1:], memo)
 
-    return jax.jacfwd(at)(args[k])
+    return jacobian(at, args[k])
+
+
+def jacobian(fn: Callable, x):
+    """d fn / d x, shaped fn(x).shape + x.shape: one JVP per input component (forward mode, as
+    arguments are small), written with vmap and reshape only."""
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+        return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+    size = x.size
+    basis = jnp.eye(size, dtype=x.dtype).reshape((size,) + x.shape)
+    cols = jax.vmap(lambda t: jax.jvp(fn, (x,), (t,))[1])(basis)      # (size, *ret)
+    ret_ndim = cols.ndim - 1
+    cols = jnp.moveaxis(cols, 0, -1)                                   # (*ret, size)
+    return jnp.reshape(cols, cols.shape[:ret_ndim] + x.shape)
 
 
 def _linearize(f, args, memo):
@@ -178,25 +191,3 @@ def quadrature(integrand: Callable, grids: Sequence[tuple]):
     (nodes, weights), rest = grids[0], grids[1:]
     values = jax.vmap(lambda x: quadrature(lambda *more: integrand(x, *more), rest))(nodes)
     return jnp.tensordot(weights.astype(values.dtype), values, axes=1)
-
-
-# -- compiled forms, cached by program ---------------------------------------------------------------
-
-
-def program_fn(program: Program) -> Callable:
-    """A Python function (leaves..., args...) -> value evaluating the program."""
-    num_leaves = sum(len(instr[3]) for instr in program)
-
-    def run(*flat):
-        f = rebuild(program, list(flat[:num_leaves]))
-        return evaluate(f, flat[num_leaves:])
-
-    return run
-
-
-@functools.lru_cache(maxsize=512)
-def point_jaxpr(program: Program, arg_types: tuple):
-    """The closed jaxpr of evaluating the program at one point: (leaves..., args...) -> value."""
-    from shardkit.ir import _jax
-    leaf_types = [(tuple(a.shape), a.dtype) for instr in program for a in instr[3]]
-    return _jax.make_closed_jaxpr(lambda *xs: [program_fn(program)(*xs)], leaf_types + list(arg_types))

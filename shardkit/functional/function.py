@@ -27,8 +27,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from .spec import Spec
 
@@ -38,8 +36,8 @@ ShapedArray = jax.core.ShapedArray
 class Function:
     """A function of arrays as a JAX value: callable, composable and differentiable as a whole."""
 
-    __slots__ = ("kind", "params", "children", "arrays", "spec", "unknown", "has_hole", "_type",
-                 "_leaves", "__weakref__")
+    __slots__ = ("kind", "params", "children", "arrays", "spec", "unknown", "has_hole", "traced",
+                 "size", "nested", "has_measured", "_type", "_leaves", "_grid", "_view", "__weakref__")
 
     def __init__(self, kind: str, params: tuple, children: Sequence["Function"], arrays: Sequence[Any],
                  spec: Spec):
@@ -49,9 +47,17 @@ class Function:
         self.arrays = tuple(arrays)
         self.spec = spec
         self.unknown = kind == "unknown" or any(c.unknown for c in self.children)
-        self.has_hole = kind == "hole" or any(c.has_hole for c in self.children)
+        # a `measured` node closes its template: holes are only looked for below templates' roots
+        self.has_hole = kind == "hole" or (kind != "measured" and any(c.has_hole for c in self.children))
+        self.has_measured = kind == "measured" or any(c.has_measured for c in self.children)
+        self.traced = any(isinstance(a, jax.core.Tracer) for a in self.arrays) or \
+            any(c.traced for c in self.children)
+        self.size = min(1 + sum(c.size for c in self.children), 1 << 30)  # tree size, capped
+        self.nested = kind == "integrate" or any(c.nested for c in self.children)
         self._type = None
         self._leaves = None
+        self._grid = None  # values on grid points (engine.py)
+        self._view = None
 
     # -- the spec ---------------------------------------------------------------------------------
     @property
@@ -191,6 +197,20 @@ def substitute(root: Function, target: Function, value: Function) -> Function:
     return go(root)
 
 
+def evaluation_view(f: Function) -> Function:
+    """f as evaluation sees it: cotangent terms (`measured`) replaced by their densities, so what
+    is compiled and passed to XLA is only what the values depend on."""
+    if not f.has_measured:
+        return f
+    if f._view is None:
+        if f.kind == "measured":
+            f._view = evaluation_view(f.children[0])
+        else:
+            children = [evaluation_view(c) for c in f.children]
+            f._view = Function(f.kind, f.params, children, f.arrays, f.spec)
+    return f._view
+
+
 def program_avals(program: Program) -> list[ShapedArray]:
     return [a for instr in program for a in instr[3]]
 
@@ -241,6 +261,8 @@ def expression_text(f: Function, limit: int | None = None) -> str:
         head = node.kind + (f"[{params}]" if params else "")
         if node.kind == "const":
             head = "const" + (f"[{','.join(map(str, node.spec.ret))}]" if node.spec.ret else "")
+        if node.kind == "measured":
+            return text(node.children[0])
         if node.children:
             head += "(" + ", ".join(text(c) for c in node.children) + ")"
         if uses.get(id(node), 0) > 1 and node.children:
@@ -255,12 +277,3 @@ def expression_text(f: Function, limit: int | None = None) -> str:
     if limit is not None and len(out) > limit:
         out = out[:limit - 3] + "..."
     return out
-
-
-def as_leaf(x, dtype) -> Any:
-    """An array leaf: Python and numpy values become jax arrays of `dtype`; tracers pass through."""
-    if isinstance(x, (jax.core.Tracer, ShapedArray)):
-        return x
-    if isinstance(x, jax.Array):
-        return x
-    return jnp.asarray(np.asarray(x), dtype=dtype)

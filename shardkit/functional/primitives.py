@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 
 from shardkit.ir import _jax
 
-from . import builders, lowlevel
+from . import builders, engine, lowlevel
 from .callables import BroadcastTo, JvpOf, SumTo, TransposeOf
 from .errors import FunctionalError
 from .types import abstract, type_of
@@ -31,12 +32,8 @@ def _spec(x):
 
 
 def _zero_of(out) -> Any:
-    return _jax.zero_like_aval(_jax_type(out))
-
-
-def _jax_type(x):
-    import jax
-    return jax.typeof(x)
+    """A symbolic zero tangent for a primitive's output (a Function or an array)."""
+    return _jax.zero_like_aval(jax.typeof(out))
 
 
 def _sum(terms: list, out):
@@ -62,7 +59,7 @@ def _define(name: str, build: Callable, *, jvp=LINEAR, transpose=None, batch=Non
     if jvp is LINEAR:
         jvp = _linear_jvp(holder)
     prim = _jax.define_high_primitive("functional." + name, apply=apply, abstract_eval=abstract_eval,
-                                      jvp=jvp, transpose=transpose, batch=batch)
+                                      jvp=jvp, transpose=transpose, batch=batch or _no_batch(name))
     holder.append(prim)
     return prim
 
@@ -81,8 +78,17 @@ def _linear_jvp(holder: list):
     return jvp
 
 
+def _no_batch(name: str):
+    def batch(values, dims, **params):
+        raise FunctionalError(
+            f"{name}: vmap would make a batch of functions, which shardkit.functional does not "
+            f"represent. vmap over the points a function is evaluated at (jax.vmap(f)(xs)), or loop "
+            f"over the batch in Python")
+    return batch
+
+
 def _no_transpose(name: str, why: str):
-    def transpose(ct, *args, **params):
+    def transpose(cotangent, *operands, **params):
         raise FunctionalError(f"{name}: no transpose rule: {why}")
     return transpose
 
@@ -311,21 +317,23 @@ integrate_out_p = _define("integrate_out", builders.integrate_out, transpose=_no
 # -- integrate --------------------------------------------------------------------------------------------
 
 
-def _integrate_build(f, *grid_arrays, argnums):
-    if len(argnums) == f.num_args:
-        builders.check_grid_arrays(f, argnums, grid_arrays)
-        return None  # an array: see _integrate_apply
-    return builders.integrate_partial(f, *grid_arrays, argnums=argnums)
-
-
 def _integrate_apply(f, *grid_arrays, argnums):
     if len(argnums) == f.num_args:
         builders.check_grid_arrays(f, argnums, grid_arrays)
         ordered = [None] * len(argnums)
         for k, a in enumerate(argnums):
             ordered[a] = (grid_arrays[2 * k], grid_arrays[2 * k + 1])
+        if eager_worthwhile(f) and engine.concrete(f, grid_arrays):
+            return engine.integrate(f, ordered)
         return lowlevel.integrate(f, [x for g in ordered for x in g])
     return builders.integrate_partial(f, *grid_arrays, argnums=argnums)
+
+
+def eager_worthwhile(f) -> bool:
+    """Whether to evaluate a concrete function node by node with values cached on the nodes (a
+    graph with integrals inside, or a large one: what functional gradient descent builds) rather
+    than compile it as a whole (best when the same structure is evaluated again and again)."""
+    return f.nested or f.size >= 48
 
 
 def _integrate_abstract(f_type, *grid_avals, argnums):
@@ -342,7 +350,7 @@ def _integrate_jvp(primals, tangents, *, argnums):
         raise FunctionalError("integrate: derivatives with respect to grid nodes or weights are not "
                               "supported; wrap them in jax.lax.stop_gradient")
     if is_zero(tangents[0]):
-        return out, _jax.zero_like_aval(_jax_type(out))
+        return out, _zero_of(out)
     return out, integrate_p.bind(tangents[0], *primals[1:], argnums=argnums)
 
 
@@ -358,7 +366,7 @@ def _integrate_transpose(cotangent, f, *grid_arrays, argnums):
 
 integrate_p = _jax.define_high_primitive(
     "functional.integral", apply=_integrate_apply, abstract_eval=_integrate_abstract,
-    jvp=_integrate_jvp, transpose=_integrate_transpose)
+    jvp=_integrate_jvp, transpose=_integrate_transpose, batch=_no_batch("integrate"))
 
 
 def _integrate_t_jvp(primals, tangents, *, argnums, spec):
@@ -398,7 +406,7 @@ def _apply_jvp(primals, tangents, *, batch_ndim):
         term = _batched_contract(jac, t, len(spec.args[j]), len(spec.ret), batch_ndim)
         total = term if total is None else total + term
     if total is None:
-        return out, _jax.zero_like_aval(_jax_type(out))
+        return out, _zero_of(out)
     return out, total
 
 
@@ -458,11 +466,12 @@ def _dual_jvp(primals, tangents, **params):
         raise FunctionalError(f"{params['builder']}: second derivatives with respect to arrays inside "
                               f"functions are not supported")
     if is_zero(tangents[0]):
-        return out, _jax.zero_like_aval(_jax_type(out))
+        return out, _zero_of(out)
     return out, dual_p.bind(tangents[0], *primals[1:], **params)
 
 
 dual_p = _jax.define_high_primitive(
     "functional.dual", apply=_dual_apply, abstract_eval=_dual_abstract, jvp=_dual_jvp,
-    transpose=_no_transpose("dual", "third-order derivatives through array parameters are not supported"))
+    transpose=_no_transpose("dual", "third-order derivatives through array parameters are not supported"),
+    batch=_no_batch("dual"))
 

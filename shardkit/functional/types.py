@@ -24,7 +24,6 @@ class FunctionType(_jax.high_type_base()):
         self.spec = spec
         self._source = source if source is not None and not source.unknown else None
         self._program = program
-        self._hash = None
         self._abstract = None
 
     # -- structure --------------------------------------------------------------------------------
@@ -53,18 +52,21 @@ class FunctionType(_jax.high_type_base()):
 
     # -- type equality ------------------------------------------------------------------------------
     def __eq__(self, other):
+        # Structured types are equal when they describe the same Function object: comparing
+        # structures would walk whole graphs, and JAX compares types often (abstract-evaluation
+        # caches). Types rebuilt from a program compare by program.
         if self is other:
             return True
         if not isinstance(other, FunctionType) or other.spec != self.spec:
             return False
-        if self.has_structure != other.has_structure:
-            return False
-        return not self.has_structure or self.program == other.program
+        if self._source is not None or other._source is not None:
+            return self._source is other._source
+        if self._program is not None or other._program is not None:
+            return self._program == other._program
+        return True
 
     def __hash__(self):
-        if self._hash is None:
-            self._hash = hash((self.spec, self.program if self.has_structure else None))
-        return self._hash
+        return hash((FunctionType, self.spec))
 
     def normalize(self):
         return FunctionType(self.spec)
