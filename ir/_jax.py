@@ -515,5 +515,12 @@ def lower_high_jaxpr(closed):
     without them is returned unchanged)."""
     if not closed.jaxpr.is_high:
         return closed
+    if any(a.is_high for a in list(closed.in_avals) + list(closed.out_avals)):
+        from .errors import CaptureError
+        kinds = sorted({type(a).__name__ for a in list(closed.in_avals) + list(closed.out_avals)
+                        if a.is_high})
+        raise CaptureError(f"the captured function takes or returns non-array values ({', '.join(kinds)}, "
+                           f"e.g. a shardkit.functional Function); the IR holds arrays only: pass the "
+                           f"arrays such a value is built from, build it inside, and return arrays")
     from jax._src.interpreters import partial_eval as pe
     return pe.lower_jaxpr2(closed)

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import shardkit as sk
@@ -90,3 +91,12 @@ def test_grid_shard_integrates_on_each_device(mesh):
     np.testing.assert_allclose(fn.integrate(f, sharded), np.sqrt(np.pi), rtol=1e-4)
     dF = jax.grad(lambda f: fn.integrate(f ** 2, sharded))(f)
     np.testing.assert_allclose(dF(0.5), 2 * np.exp(-0.25), rtol=1e-6)
+    hlo = jax.jit(lambda n, w: fn.integrate(f, Grid(n, w))).lower(
+        sharded.nodes, sharded.weights).compile().as_text()
+    assert "all-reduce" in hlo and "f32[251]" in hlo   # each device evaluates its 1004 / 4 points
+
+
+def test_capture_of_a_function_argument_is_a_clear_error():
+    f = fn.function(jnp.sin, [()])
+    with pytest.raises(sk.ir.CaptureError, match="non-array values"):
+        sk.capture(lambda f: fn.integrate(f, GRID), f)

@@ -140,7 +140,7 @@ def apply(f, *xs) -> Any:
 # -- operators ------------------------------------------------------------------------------------------------
 
 
-def compose(outer, *inner) -> Function:
+def compose(outer: Callable | Function, *inner: Function) -> Function:
     """x -> outer(inner_1(x), ..., inner_n(x)); `outer` is a Function or a plain callable (jnp.exp)."""
     if not inner:
         raise FunctionalError("compose: give at least one inner function: compose(outer, g)")
@@ -246,7 +246,7 @@ def split(f) -> tuple:
 # -- integration ------------------------------------------------------------------------------------------------
 
 
-def integrate(f, grid: Grid | Sequence[Grid | None] | None = None):
+def integrate(f, grid: Grid | Sequence[Grid | None] | None = None) -> Any:
     """The integral of f by quadrature on explicit grids: a Grid (one argument) or one Grid per
     argument (None leaves that argument free, and the result is a function of those).
 
@@ -280,7 +280,7 @@ def integrate(f, grid: Grid | Sequence[Grid | None] | None = None):
     return _make(integrate_p, f, *arrays, argnums=tuple(argnums))
 
 
-def braket(f, g, grid):
+def braket(f, g, grid: Grid | Sequence[Grid | None]) -> Any:
     """<f, g> = the integral of the inner product of f(x) and g(x) on the grid(s)."""
     spec_f, spec_g = _require("braket", f, "first function"), _require("braket", g, "second function")
     check_same_args("braket", [spec_f, spec_g])
