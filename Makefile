@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-BENCHMARKS := capture passes propagation autoshard partition federated functional train
+BENCHMARKS := capture passes propagation autoshard partition federated functional training
 
 bench: $(STAMP)
 	@for b in $(BENCHMARKS); do \

@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- BENCHMARKS -->"
-ORDER = ["capture", "passes", "propagation", "autoshard", "partition", "federated", "functional", "train"]
+ORDER = ["capture", "passes", "propagation", "autoshard", "partition", "federated", "functional", "training"]
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ DRIVER = textwrap.dedent("""
     setup_devices(8)
     sys.path.insert(0, {examples!r})
     import shardkit as sk
-    from train_mlp_data_parallel import TeacherBatches, build
+    from mlp_data_parallel import TeacherBatches, build
 
     workdir, plan, steps, resume, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
     model, optimizer, loss_fn = build(64, 1e-2)

@@ -16,8 +16,8 @@ def load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["functional_dft", "functional_neural_operator",
-                                  "functional_brachistochrone"])
+@pytest.mark.parametrize("name", ["functional_dft", "neural_operator",
+                                  "brachistochrone"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load(name).main(["--help"])
@@ -40,7 +40,7 @@ def test_dft_potentials_and_thomas_fermi(capsys):
 
 
 def test_neural_operator_trains(capsys):
-    load("functional_neural_operator").main(["--steps", "4", "--grid", "32"])
+    load("neural_operator").main(["--steps", "4", "--grid", "32"])
     out = capsys.readouterr().out
     losses = [float(line.split("loss ")[1].split()[0]) for line in out.splitlines()
               if line.startswith("step ") and "loss " in line]
@@ -48,7 +48,7 @@ def test_neural_operator_trains(capsys):
 
 
 def test_brachistochrone_approaches_the_cycloid(capsys):
-    load("functional_brachistochrone").main(["--steps", "300", "--width", "12", "--points", "128"])
+    load("brachistochrone").main(["--steps", "300", "--width", "12", "--points", "128"])
     out = capsys.readouterr().out
     final = [line for line in out.splitlines() if line.startswith("final T")][0]
     assert float(final.split(", ")[1].split("%")[0]) < 2.0

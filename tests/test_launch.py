@@ -53,7 +53,7 @@ def test_launch_command_line_and_bad_input(tmp_path, capsys):
 
 
 def _train(args, workdir, launched: bool):
-    cmd = [sys.executable, str(ROOT / "examples" / "train_mlp_data_parallel.py"), "--steps", "6", "--mesh",
+    cmd = [sys.executable, str(ROOT / "examples" / "mlp_data_parallel.py"), "--steps", "6", "--mesh",
            "data=4,model=2", "--no-progress", "--workdir", str(workdir), *args]
     if launched:
         cmd = [sys.executable, "-m", "shardkit.cli", "launch", "-n", "2", "--grace", "5", "--timeout", "240", "--"] + cmd
@@ -85,7 +85,7 @@ def test_a_process_dying_mid_training_ends_the_launch(tmp_path):
         sys.path.insert(0, {str(ROOT / "examples")!r})
         import jax
         import shardkit as sk
-        from train_mlp_data_parallel import TeacherBatches, build
+        from mlp_data_parallel import TeacherBatches, build
         model, optimizer, loss_fn = build(32, 1e-2)
         trainer = sk.train.Trainer(model, optimizer, loss_fn, mesh=sk.make_mesh({{"data": 8}}), plan="dp")
 

@@ -5,7 +5,7 @@ restores that checkpoint into trainers with other meshes and plans (fsdp on data
 fsdp+tp on data=2 x model=4), checks every parameter is identical, and continues training from
 the restored step. No conversion step: Orbax reads each array straight into its new sharding.
 
-    python examples/train_resume_and_reshard.py --workdir runs/reshard
+    python examples/resume_and_reshard.py --workdir runs/reshard
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ At the optimum the functional derivative dT/dy (the Euler-Lagrange residual, ano
 this time with respect to the function itself) should vanish inside the interval; the script prints
 how small it got.
 
-    python examples/functional_brachistochrone.py            # about 20 s on a laptop CPU
-    python examples/functional_brachistochrone.py --steps 300 --width 16
+    python examples/brachistochrone.py            # about 20 s on a laptop CPU
+    python examples/brachistochrone.py --steps 300 --width 16
 """
 from __future__ import annotations
 

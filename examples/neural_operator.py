@@ -7,8 +7,8 @@ functions, and training updates them symbolically: k <- k - lr * dL/dk. This is 
 AutoFD's neural-operator example; here every step costs the same, because each node of the growing
 graph keeps its values on the grid and only new nodes are evaluated.
 
-    python examples/functional_neural_operator.py              # 10 steps on a 100-point grid
-    python examples/functional_neural_operator.py --steps 30 --grid 64
+    python examples/neural_operator.py              # 10 steps on a 100-point grid
+    python examples/neural_operator.py --steps 30 --grid 64
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ out_shardings=)` with the same shardings. Both run the same batches on the same 
 devices, interleaved; the table reports median step times, their ratio, per-device memory of the
 compiled programs (arguments + outputs + temporaries, from XLA's memory analysis) and per-device
 bytes of the model state, and whether both give the same loss. Results go to
-benchmarks/results/train.md.
+benchmarks/results/training.md.
 
-    python benchmarks/train.py [--steps 20] [--repeats 3] [--plans dp,fsdp,fsdp+tp]
+    python benchmarks/training.py [--steps 20] [--repeats 3] [--plans dp,fsdp,fsdp+tp]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import shardkit as sk  # noqa: E402
 from shardkit.train import TextBatches, Trainer  # noqa: E402
 from shardkit.train.lm import CharTokenizer, GPTConfig, TinyGPT, load_corpus, lm_loss  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "train.md"
+RESULTS = Path(__file__).resolve().parent / "results" / "training.md"
 PLANS = ("dp", "zero1", "zero2", "fsdp", "megatron", "fsdp+tp")
 
 
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
     parser.add_argument("--plans", default=",".join(PLANS), help="comma-separated plans")
-    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/train.md")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/training.md")
     args = parser.parse_args(argv)
     rows = run(args.plans.split(","), args.steps, args.repeats)
     from rich.console import Console
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         table.add_row(*cells(row))
     Console().print(table)
     if not args.no_write:
-        command = "python benchmarks/train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:])
         lines = [
             "# Train step per model-state plan: shardkit vs hand-written", "",
             f"Command: `{command.strip()}`  ",

@@ -3,9 +3,9 @@
 The MLP regresses a fixed random "teacher" network on synthetic data; batch `i` depends only on
 the step, so runs resume exactly. Runs unchanged on one process or several:
 
-    python examples/train_mlp_data_parallel.py --steps 200
-    python examples/train_mlp_data_parallel.py --plan zero2 --workdir runs/mlp --checkpoint-every 50
-    shardkit launch -n 2 -- python examples/train_mlp_data_parallel.py --steps 50 --workdir runs/mlp2
+    python examples/mlp_data_parallel.py --steps 200
+    python examples/mlp_data_parallel.py --plan zero2 --workdir runs/mlp --checkpoint-every 50
+    shardkit launch -n 2 -- python examples/mlp_data_parallel.py --steps 50 --workdir runs/mlp2
 """
 from __future__ import annotations
 

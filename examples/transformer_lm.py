@@ -1,9 +1,9 @@
 """Train the small GPT-style character LM on the bundled corpus with any model-state plan.
 
-    python examples/train_transformer_lm.py --plan fsdp+tp --steps 200
-    python examples/train_transformer_lm.py --plan megatron --mesh data=2,model=4 --report
-    python examples/train_transformer_lm.py --workdir runs/lm --checkpoint-every 50 --resume
-    shardkit launch -n 2 -- python examples/train_transformer_lm.py --steps 50 --no-progress
+    python examples/transformer_lm.py --plan fsdp+tp --steps 200
+    python examples/transformer_lm.py --plan megatron --mesh data=2,model=4 --report
+    python examples/transformer_lm.py --workdir runs/lm --checkpoint-every 50 --resume
+    shardkit launch -n 2 -- python examples/transformer_lm.py --steps 50 --no-progress
 
 `--report` prints `sk.train.plan_report` for every plan (memory and predicted traffic per step,
 including the whole step's collectives predicted by shardkit) and exits without training.
