@@ -218,6 +218,19 @@ def eqn_parts(eqn):
     return eqn.primitive, eqn.invars, eqn.outvars, dict(eqn.params)
 
 
+def eqn_location(eqn, skip_dirs: Sequence[str] = ()) -> str:
+    """'file.py:LINE (function)' of the user code that made `eqn`, skipping JAX's frames and any
+    file under `skip_dirs`; '' when unknown."""
+    from jax._src import source_info_util
+    source_info = getattr(eqn, "source_info", None)
+    if source_info is None:
+        return ""
+    for frame in source_info_util.user_frames(source_info.traceback):
+        if not any(frame.file_name.startswith(d) for d in skip_dirs):
+            return f"{frame.file_name}:{frame.start_line} ({frame.function_name})"
+    return ""
+
+
 def closed_parts(closed):
     """(jaxpr, consts) of a closed jaxpr."""
     return closed.jaxpr, closed.consts

@@ -6,6 +6,9 @@ dedicated op definition is kept as a generic op holding the primitive's name and
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 from typing import Any, Callable
 
 import jax
@@ -63,6 +66,22 @@ def _merge_mesh(current: MeshShape | None, new: MeshShape | None) -> MeshShape |
                        f"shardkit graphs are sharded over one mesh")
 
 
+# Ops whose errors point at user code (a conflicting hint should name the line that wrote it).
+_LOCATED = frozenset({"hint", "sharding_constraint"})
+
+
+@functools.lru_cache(maxsize=1)
+def _own_dirs() -> tuple[str, ...]:
+    """shardkit's own source folders (ir/, passes/, the shardkit package): frames there are not
+    the user's code."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    dirs = {here, os.path.join(os.path.dirname(here), "passes")}
+    spec = importlib.util.find_spec("shardkit")
+    if spec is not None:
+        dirs.update(spec.submodule_search_locations or ())
+    return tuple(sorted(d.rstrip(os.sep) + os.sep for d in dirs))
+
+
 class _Builder:
     def __init__(self):
         self.mesh: MeshShape | None = None
@@ -90,6 +109,8 @@ class _Builder:
             operands = [read(a) for a in eq_in]
             results = [Value(_type_of(v)) for v in eq_out]
             op = self.op(prim, operands, results, params)
+            if op.name in _LOCATED:
+                op = op.replace(loc=_jax.eqn_location(eqn, _own_dirs()))
             for var, value in zip(eq_out, op.results):
                 if not _jax.is_drop_var(var):
                     env[var] = value

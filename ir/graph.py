@@ -129,6 +129,7 @@ class Op:
     results: tuple[Value, ...]
     params: Params = field(default_factory=Params)
     regions: tuple["Graph", ...] = ()
+    loc: str = ""   # where the user's code made it ('file.py:12 (fn)'), for error messages; not printed
 
     def __post_init__(self):
         if not isinstance(self.params, Params):

@@ -176,5 +176,6 @@ def _neighbourhood(graph: Graph, index: int, radius: int = 2) -> str:
             marker = "->" if i == index else "  "
             text = f"{results} = {head}" if op.results else head
             types = ", ".join(type_text(v.type) for v in op.results)
-            lines.append(f"  {marker} {text} : {types}")
+            where = f"    # {op.loc}" if op.loc else ""
+            lines.append(f"  {marker} {text} : {types}{where}")
     return "\n" + "\n".join(lines) if lines else ""

@@ -103,7 +103,8 @@ class _Engine:
         for index, op in enumerate(graph.ops):
             label = f"{where}{op.name}#{index}"
             for j, value in enumerate(op.results):
-                self.init_value(value, f"{label} result {j}")
+                where_made = f" at {op.loc}" if op.loc else ""
+                self.init_value(value, f"{label} result {j}{where_made}")
             definition = op.definition
             if definition.region_ties is not None:
                 for item in definition.region_ties(op):

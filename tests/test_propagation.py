@@ -146,6 +146,20 @@ def test_conflicting_closed_hints(mesh):
         sk.jit(fn, mesh=mesh, in_specs=(P(None, "data"), P("model", None))).graph(jnp.ones((8, 8)), jnp.ones((8, 8)))
 
 
+def test_conflicting_hint_error_names_the_lines_that_wrote_them(mesh):
+    def fn(x, y):
+        x = sk.hint(x, P("data", None))
+        y = sk.hint(y, P("model", None))
+        return x + y
+
+    first_hint_line = fn.__code__.co_firstlineno + 1
+    with pytest.raises(ShardingError) as info:
+        sk.jit(fn, mesh=mesh).graph(jnp.ones((8, 8)), jnp.ones((8, 8)))
+    message = str(info.value)
+    assert f"test_propagation.py:{first_hint_line} (" in message
+    assert f"test_propagation.py:{first_hint_line + 1} (" in message
+
+
 # -- sk.jit, lower, explain ------------------------------------------------------------------------
 
 def _mlp(x, w1, w2):
