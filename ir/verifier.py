@@ -113,9 +113,13 @@ class _Verifier:
             self.fail(graph, index, f"a value typed {type_text(value.type)} has a sharding of rank "
                                     f"{sharding.rank}", op)
         if self.mesh is None:
-            if sharding.used_axes or sharding.unreduced or sharding.replicated:
-                self.fail(graph, index, f"value {type_text(value.type)} is sharded but the graph has "
-                                        f"no mesh; capture with sharded inputs or pass mesh=", op)
+            # Without a mesh (a hinted function captured outside one) axis sizes are unknown: check
+            # what holds on every mesh, and leave sizes to verify(mesh=...) and lowering.
+            axes = sharding.used_axes + sharding.replicated + sharding.unreduced
+            twice = sorted({a for a in axes if axes.count(a) > 1})
+            if twice:
+                self.fail(graph, index, f"value {type_text(value.type)} uses mesh axis {twice[0]!r} twice; "
+                                        f"each axis may split at most one dimension", op)
             return
         try:
             sharding.check(self.mesh, value.type.shape, value=type_text(value.type))

@@ -410,3 +410,16 @@ def test_inner_sharding_on_mesh_without_its_axis(mesh):
     graph = roundtrip(fn, jnp.ones((16, 8)))
     with pytest.raises(sk.ir.ShardingError, match=r"sharding_constraint.*'model'"):
         sk.lower(graph, mesh=sk.make_mesh({"data": 4}))
+
+
+def test_hinted_function_captured_outside_a_mesh_verifies_and_lowers_onto_one(mesh):
+    def fn(x, w):
+        return jnp.tanh(sk.hint(x @ w, P("data", None)))
+
+    x, w = jnp.ones((8, 16)), jnp.full((16, 4), 0.1)
+    graph = roundtrip(fn, x, w)          # no mesh known: hint axes are checked once a mesh is given
+    with pytest.raises(sk.ir.VerifyError, match="'nope'"):
+        graph.verify(mesh=sk.make_mesh({"nope": 8}))
+    out = sk.lower(graph, mesh=mesh)(x, w)
+    np.testing.assert_allclose(out, fn(x, w), rtol=1e-6)
+    assert out.sharding.spec[0] == "data"
