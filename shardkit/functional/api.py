@@ -14,7 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import builders, engine, lowlevel
-from .callables import GetItem, Index, Inner, Stack, WithParams, static_callable
+from shardkit.ir import _jax
+
+from .batching import vmapped
+from .callables import GetItem, Index, Inner, Stack, TracedCallable, WithParams, static_callable
 from .errors import FunctionalError
 from .function import Function
 from .grid import Grid
@@ -45,6 +48,8 @@ def _traced(x) -> bool:
 def _make(prim, *operands, **params):
     """Bind `prim`, or, when no operand is traced, build its result right away: a function made
     from concrete functions and arrays stays a concrete (callable) Function inside jax.jit too."""
+    if any(isinstance(x, Function) and x.batch is not None for x in operands):
+        return vmapped(lambda *xs: _make(prim, *xs, **params), operands)
     if any(_traced(x) for x in operands):
         return prim.bind(*operands, **params)
     return prim.impl(*operands, **params)
@@ -84,14 +89,31 @@ def function(fn: Callable, arg_shapes: Sequence, dtype=jnp.float32, *, params: A
     else:
         fn_static, leaf_shapes, structs = static_callable(fn), (), []
     structs = structs + [jax.ShapeDtypeStruct(s, dtype) for s in shapes]
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    returned: list = []
+
+    def traced(*xs):
+        returned.append(fn_static(*xs))
+        if not hasattr(returned[-1], "shape"):
+            return []
+        return [returned[-1]]
+
     try:
-        out = jax.eval_shape(fn_static, *structs)
+        closed, hoisted = _jax.trace_hoisted(traced, [(s.shape, s.dtype) for s in structs])
     except Exception as e:
-        raise FunctionalError(f"function: {getattr(fn, '__name__', fn)!r} cannot be called on arguments "
+        raise FunctionalError(f"function: {name!r} cannot be called on arguments "
                               f"of shapes {list(shapes)} ({dtype.name}): {e}") from e
-    if not hasattr(out, "shape"):
-        raise FunctionalError(f"function: {getattr(fn, '__name__', fn)!r} must return one array, "
-                              f"got {type(out).__name__}")
+    if not hasattr(returned[-1], "shape"):
+        raise FunctionalError(f"function: {name!r} must return one array, "
+                              f"got {type(returned[-1]).__name__}")
+    returned.clear()
+    out = _jax.jaxpr_out_avals(closed)[0]
+    if any(isinstance(h, jax.core.Tracer) for h in hoisted):
+        # fn closes over values of an enclosing jax.vmap / jax.jit / jax.grad: they become leaves
+        fn_static = TracedCallable(closed, name)
+        hoisted = [h if isinstance(h, (jax.Array, jax.core.Tracer)) else jnp.asarray(h) for h in hoisted]
+        leaves = hoisted + leaves
+        leaf_shapes = tuple(tuple(jnp.shape(h)) for h in hoisted) + leaf_shapes
     spec = Spec(leaf_shapes + shapes, tuple(out.shape), dtype, out.dtype)
     node = builders.make_fn(fn_static, spec)
     if not leaves:
@@ -130,6 +152,8 @@ def apply(f, *xs) -> Any:
                                   f"{tuple(x.shape)}; it takes shape {shape} (use jax.vmap(f) to "
                                   f"evaluate it at many points)")
         args.append(x)
+    if isinstance(f, Function) and f.batch is not None:  # a batch of functions at one point
+        return vmapped(lambda g, *a: apply(g, *a), [f, *args])
     if not _traced(f):  # a concrete function: straight to the array level
         if eager_worthwhile(f) and engine.concrete(f, args):
             return engine.apply(f, args, 0)

@@ -31,6 +31,11 @@ def is_function(x) -> bool:
     return isinstance(x, Function)
 
 
+def _leaf(x):
+    """An array leaf: JAX may hand Python scalars to rules as literals (no .ndim); make them arrays."""
+    return x if hasattr(x, "ndim") else jnp.asarray(x)
+
+
 def _aval(x):
     if isinstance(x, ShapedArray):
         return x
@@ -134,7 +139,7 @@ def make_fn(fn, spec: Spec) -> Function:
 def const(value, *, args: tuple, dtype) -> Function:
     """The constant function of the given arguments whose value is the array `value`."""
     aval = _aval(value)
-    return Function("const", (), (), (value,), Spec(args, tuple(aval.shape), dtype, aval.dtype))
+    return Function("const", (), (), (_leaf(value),), Spec(args, tuple(aval.shape), dtype, aval.dtype))
 
 
 def zeros(spec: Spec) -> Function:
@@ -353,7 +358,7 @@ def partial(f: Function, *values, argnums: tuple) -> Function:
             raise FunctionalError(f"partial: argument {a} of {f.spec} has shape {f.spec.args[a]}, "
                                   f"the value given has shape {tuple(aval.shape)}")
     args = tuple(s for i, s in enumerate(f.spec.args) if i not in argnums)
-    return Function("partial", (argnums,), (f,), values, f.spec.with_args(args))
+    return Function("partial", (argnums,), (f,), [_leaf(v) for v in values], f.spec.with_args(args))
 
 
 def broadcast(f: Function, *, arg_shapes: tuple, argnums: tuple) -> Function:

@@ -270,3 +270,28 @@ def static_callable(fn):
         return fn
     except TypeError:
         return Hashed(fn)
+
+
+class TracedCallable:
+    """A user function that closed over values of an enclosing transformation (a vmapped, jitted or
+    differentiated array), as its jaxpr: those values become leading arguments, so they are leaves
+    of the Function (batched by vmap, traced by jit, differentiated by grad) instead of leaking."""
+
+    __slots__ = ("jaxpr", "name", "__weakref__")
+
+    def __init__(self, jaxpr, name: str):
+        self.jaxpr = jaxpr
+        self.name = name
+
+    def __call__(self, *args):
+        from shardkit.ir import _jax
+        return _jax.eval_jaxpr(self.jaxpr, list(args))[0]
+
+    def __hash__(self):
+        return id(self.jaxpr)
+
+    def __eq__(self, other):
+        return isinstance(other, TracedCallable) and other.jaxpr is self.jaxpr
+
+    def describe(self) -> str:
+        return self.name

@@ -37,7 +37,8 @@ class Function:
     """A function of arrays as a JAX value: callable, composable and differentiable as a whole."""
 
     __slots__ = ("kind", "params", "children", "arrays", "spec", "unknown", "has_hole", "traced",
-                 "size", "nested", "has_measured", "_type", "_leaves", "_grid", "_view", "__weakref__")
+                 "size", "nested", "has_measured", "batch", "_type", "_leaves", "_grid", "_view",
+                 "__weakref__")
 
     def __init__(self, kind: str, params: tuple, children: Sequence["Function"], arrays: Sequence[Any],
                  spec: Spec):
@@ -54,6 +55,7 @@ class Function:
             any(c.traced for c in self.children)
         self.size = min(1 + sum(c.size for c in self.children), 1 << 30)  # tree size, capped
         self.nested = kind == "integrate" or any(c.nested for c in self.children)
+        self.batch = None  # (size, mask): a batch of functions (batching.py)
         self._type = None
         self._leaves = None
         self._grid = None  # values on grid points (engine.py)
@@ -76,13 +78,22 @@ class Function:
     def dtype(self):
         return self.spec.ret_dtype
 
+    @property
+    def shape(self) -> tuple:
+        """(batch size,) for a batch of functions (what jax.vmap maps over with in_axes=0)."""
+        if self.batch is None:
+            raise AttributeError("a Function is not an array and has no shape (only a batch of "
+                                 "functions made by jax.vmap has one: its batch size)")
+        return (self.batch[0],)
+
     # -- calling and arithmetic (defined in api.py, attached below) ---------------------------------
     def __call__(self, *args):
         from .api import apply
         return apply(self, *args)
 
     def __repr__(self) -> str:
-        return f"Function{self.spec}: {expression_text(self, limit=120)}"
+        batch = f"[batch of {self.batch[0]}]" if self.batch is not None else ""
+        return f"Function{self.spec}{batch}: {expression_text(self, limit=120)}"
 
     def __hash__(self):
         return id(self)

@@ -16,8 +16,10 @@ import jax.numpy as jnp
 from shardkit.ir import _jax
 
 from . import builders, engine, lowlevel
+from .batching import evaluate_rule, structure_rule
 from .callables import BroadcastTo, JvpOf, SumTo, TransposeOf
 from .errors import FunctionalError
+from .function import leaves_of
 from .types import abstract, type_of
 
 is_zero = _jax.is_zero
@@ -59,7 +61,8 @@ def _define(name: str, build: Callable, *, jvp=LINEAR, transpose=None, batch=Non
     if jvp is LINEAR:
         jvp = _linear_jvp(holder)
     prim = _jax.define_high_primitive("functional." + name, apply=apply, abstract_eval=abstract_eval,
-                                      jvp=jvp, transpose=transpose, batch=batch or _no_batch(name))
+                                      jvp=jvp, transpose=transpose,
+                                      batch=batch or structure_rule(name, build))
     holder.append(prim)
     return prim
 
@@ -76,15 +79,6 @@ def _linear_jvp(holder: list):
             return out, _zero_of(out)
         return out, prim.bind(tangents[0], *primals[1:], **params)
     return jvp
-
-
-def _no_batch(name: str):
-    def batch(values, dims, **params):
-        raise FunctionalError(
-            f"{name}: vmap would make a batch of functions, which shardkit.functional does not "
-            f"represent. vmap over the points a function is evaluated at (jax.vmap(f)(xs)), or loop "
-            f"over the batch in Python")
-    return batch
 
 
 def _no_transpose(name: str, why: str):
@@ -364,9 +358,21 @@ def _integrate_transpose(cotangent, f, *grid_arrays, argnums):
     return [ct_fn] + [None] * len(grid_arrays)
 
 
+_integrate_partial_batch = structure_rule("integrate", builders.integrate_partial)
+_integrate_full_batch = evaluate_rule(_integrate_apply)
+
+
+def _integrate_batch(values, dims, *, argnums):
+    """A batch of integrals (an array with a leading batch axis), or of partial integrals (a batch
+    of functions)."""
+    full = len(argnums) == _spec(values[0]).num_args
+    rule = _integrate_full_batch if full else _integrate_partial_batch
+    return rule(values, dims, argnums=argnums)
+
+
 integrate_p = _jax.define_high_primitive(
     "functional.integral", apply=_integrate_apply, abstract_eval=_integrate_abstract,
-    jvp=_integrate_jvp, transpose=_integrate_transpose, batch=_no_batch("integrate"))
+    jvp=_integrate_jvp, transpose=_integrate_transpose, batch=_integrate_batch)
 
 
 def _integrate_t_jvp(primals, tangents, *, argnums, spec):
@@ -430,10 +436,10 @@ def _apply_transpose(cotangent, f, *xs, batch_ndim):
 
 
 def _apply_batch(args, dims, *, batch_ndim):
-    """vmap over the points: the batch axis becomes one more leading point axis."""
-    if dims[0] is not None and isinstance(dims[0], int):
-        raise FunctionalError("vmap over a batch of functions is not supported: vmap over the points "
-                              "a function is evaluated at")
+    """vmap over the points: the batch axis becomes one more leading point axis; a batch of
+    functions is evaluated member by member (one vmapped computation)."""
+    if dims[0] is not None or all(d is None for d in dims):
+        return _apply_members(args, dims, batch_ndim=batch_ndim)
     size = next(x.shape[d] for x, d in zip(args[1:], dims[1:]) if isinstance(d, int))
     xs = []
     for x, d in zip(args[1:], dims[1:]):
@@ -444,6 +450,8 @@ def _apply_batch(args, dims, *, batch_ndim):
     return apply_p.bind(args[0], *xs, batch_ndim=batch_ndim + 1), 0
 
 
+_apply_members = evaluate_rule(_apply_apply)
+
 apply_p = _jax.define_high_primitive(
     "functional.call", apply=_apply_apply, abstract_eval=_apply_abstract, jvp=_apply_jvp,
     transpose=_apply_transpose, batch=_apply_batch)
@@ -453,6 +461,8 @@ apply_p = _jax.define_high_primitive(
 
 
 def _dual_apply(cotangent, *operands, builder, bparams, index, aval):
+    operands = [x if isinstance(x, builders.Function) or hasattr(x, "ndim") else jnp.asarray(x)
+                for x in operands]  # JAX may hand Python scalars over as literals
     return lowlevel.pair(cotangent, operands, builder, bparams, index, aval)
 
 
@@ -473,5 +483,24 @@ def _dual_jvp(primals, tangents, **params):
 dual_p = _jax.define_high_primitive(
     "functional.dual", apply=_dual_apply, abstract_eval=_dual_abstract, jvp=_dual_jvp,
     transpose=_no_transpose("dual", "third-order derivatives through array parameters are not supported"),
-    batch=_no_batch("dual"))
+    batch=evaluate_rule(_dual_apply))
 
+
+
+# -- leaves: a traced function taken apart into its arrays (for batching rules under jax.jit) -----------
+
+
+def _leaves_abstract(f_type):
+    return [_jax.make_shaped_array(tuple(a.shape), a.dtype) for a in f_type.lo_ty()]
+
+
+def _leaves_jvp(primals, tangents):
+    raise FunctionalError(
+        f"vmap: a function {_spec(primals[0])} that an enclosing jax.grad / jax.jvp differentiates "
+        f"cannot be combined with batched values inside jax.vmap (its tangent has no fixed structure). "
+        f"Put jax.vmap outside the differentiation, or differentiate with respect to arrays.")
+
+
+leaves_p = _jax.define_high_primitive(
+    "functional.leaves", apply=lambda f: [jnp.asarray(x) for x in leaves_of(f)], abstract_eval=_leaves_abstract,
+    multiple_results=True, jvp=_leaves_jvp)

@@ -103,13 +103,28 @@ class FunctionType(_jax.high_type_base()):
         return add_p.bind(x, y, ct=True)
 
     # -- vmap ---------------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        """(batch size,) for the type of a batch of functions (see batching.py)."""
+        if self._source is None or self._source.batch is None:
+            raise AttributeError("a function type has no shape")
+        return (self._source.batch[0],)
+
     def dec_rank(self, size, spec):
-        from .batching import unbatched_type
-        return unbatched_type(self, size, spec)
+        """The type of one member of a batch of functions (vmap maps a batched Function on axis 0)."""
+        source = self._source
+        if spec != 0 or source is None or source.batch is None:
+            raise FunctionalError(
+                f"vmap: a function {self.spec} is not a batch of functions here; map it with "
+                f"in_axes=None (a batch of functions is what jax.vmap returns when it builds functions "
+                f"from batched arrays, and is mapped with in_axes=0)")
+        from .batching import unbatched_program
+        return FunctionType(self.spec, program=unbatched_program(self.program, source.batch[1]))
 
     def inc_rank(self, size, spec):
-        from .batching import batched_type
-        return batched_type(self, size, spec)
+        raise FunctionalError(
+            f"vmap: a batch of functions {self.spec} cannot cross this transformation boundary (a "
+            f"jax.jit, scan or custom rule inside the vmap); apply jax.vmap inside it, or return arrays")
 
     # -- properties readable on traced functions ----------------------------------------------------------
     @property
