@@ -25,6 +25,10 @@ REDUCE_KIND: dict[str, str] = {
 other op's reduction factors stay unsharded (e.g. scatter: sharding its updates is not a partial sum
 of its result, because every device would add the operand again)."""
 
+SCATTER_OPS = frozenset({"scatter", "scatter-add", "scatter_add", "scatter-mul", "scatter_mul", "scatter-min",
+                         "scatter_min", "scatter-max", "scatter_max", "scatter_sub", "scatter-sub"})
+"""Ops with scatter dimension numbers: their indexed operand dims stay whole on local blocks."""
+
 HALO_OPS = frozenset({"conv_general_dilated"})
 """Ops whose halo factors may be sharded: neighbours exchange borders (see `conv_halo`)."""
 
@@ -46,6 +50,10 @@ def forced_unsharded(op: Op, rule: FactorRule) -> set[str]:
     if op.name == "iota":  # the values along the iota dimension depend on the global position
         dim = int(op.params["dimension"])
         out.update(rule.results[0][dim])
+    if op.name in SCATTER_OPS:  # local scatters would apply global indices to a local block
+        dn = op.params["dimension_numbers"]
+        for dim in set(dn.inserted_window_dims) | set(dn.scatter_dims_to_operand_dims):
+            out.update(rule.operands[0][dim])
     return out
 
 

@@ -314,10 +314,15 @@ class _Engine:
         for value, mapping in zip(c.values, c.mappings):
             dims = self.state[value]
             for d, factors in enumerate(mapping):
-                if not factors or dims[d].closed or any(f not in chosen for f in factors):
+                # a compound dim takes the axes of its leading chosen factors: a minor factor nobody
+                # has sharded yet (not chosen) ends the dim's axes there, it does not block the major ones
+                if not factors or dims[d].closed or factors[0] not in chosen:
                     continue
-                new, priority, origin = [], UNSET, None
+                new, priority, origin, unknown = [], UNSET, None, False
                 for f in factors:
+                    if f not in chosen:
+                        unknown = True
+                        break
                     axes, p, org = chosen[f]
                     new.extend(axes)
                     if p < priority:
@@ -329,7 +334,7 @@ class _Engine:
                         break
                 new = tuple(new)
                 ds = dims[d]
-                if new == ds.axes:
+                if new == ds.axes or unknown and not new:
                     continue
                 others = {a for k, o in enumerate(dims) if k != d for a in o.axes}
                 if any(a in others for a in new):

@@ -387,9 +387,13 @@ def scatter_rule(op) -> FactorRule:
     operand, indices, updates = (v.type for v in op.operands[:3])
     b = _builder(op)
     scattered = set(dn.inserted_window_dims) | set(dn.scatter_dims_to_operand_dims)
+    # a dim written one element at a time (inserted and indexed) may stay sharded: each shard applies
+    # the updates whose indices fall in its range, which is how XLA partitions it (the SPMD
+    # partitioner keeps it whole: see passes/partition_local.forced_unsharded)
+    trivial = set(dn.inserted_window_dims) & set(dn.scatter_dims_to_operand_dims)
     op_factors = []
     for d, n in enumerate(operand.shape):
-        f = b.factor(n, replication=d in scattered)
+        f = b.factor(n, replication=d in scattered and d not in trivial)
         op_factors.append(f)
         b.operand(0, d, f)
         b.result(0, d, f)
