@@ -352,14 +352,39 @@ def test_explain_counts_the_program_exactly(mesh):
     assert "shardkit's program" in str(rep)
 
 
+def _user_primitive():
+    """A primitive shardkit has never heard of (no sharding rule): x -> x * 2 + 1."""
+    from jax.extend.core import Primitive
+    from jax.interpreters import mlir
+
+    prim = Primitive("user_affine")
+    prim.def_impl(lambda x: x * 2 + 1)
+    prim.def_abstract_eval(lambda x: x)
+    mlir.register_lowering(prim, mlir.lower_fun(lambda x: x * 2 + 1, multiple_results=False))
+    return prim
+
+
+USER_AFFINE = _user_primitive()
+
+
 def test_unruled_op_is_gathered_with_a_warning(mesh):
+    def fn(x):
+        return USER_AFFINE.bind(jnp.sin(x)) * x
+
+    jf, _ = _check(fn, mesh, (P("data", "model"),), _rand(16, 8))
+    rep = sk.explain(fn, mesh=mesh, in_specs=(P("data", "model"),), lowering="spmd")(_rand(16, 8))
+    assert any("user_affine" in w and "gathered" in w for w in rep.warnings)
+
+
+def test_split_keeps_the_other_dimensions_sharded(mesh):
     def fn(x):
         a, b = jnp.split(x, 2, axis=1)
         return a * b
 
-    jf, _ = _check(fn, mesh, (P("data", "model"),), _rand(16, 8))
-    rep = sk.explain(fn, mesh=mesh, in_specs=(P("data", "model"),), lowering="spmd")(_rand(16, 8))
-    assert any("split" in w and "gathered" in w for w in rep.warnings)
+    _check(fn, mesh, (P("data", "model"),), _rand(16, 8))
+    graph = sk.jit(fn, mesh=mesh, in_specs=(P("data", "model"),)).graph(_rand(16, 8))
+    split = next(op for op in graph.walk() if op.name == "split")
+    assert all(r.type.sharding.dims[0].axes == ("data",) for r in split.results)
 
 
 UNEVEN = """graph @f(%0: f32[10,8]) mesh(data=4, model=2) {

@@ -294,6 +294,26 @@ def _dims_whole_rule(op, whole: set, tensors=None) -> FactorRule:
 
 
 _attach(("concatenate",), lambda op: _dims_whole_rule(op, {op.params["dimension"]}))
+
+
+def split_rule(op) -> FactorRule:
+    """The pieces keep every dimension's factor but the split one, which stays whole."""
+    axis = op.params["axis"]
+    b = _builder(op)
+    for d, n in enumerate(op.operands[0].type.shape):
+        if d == axis:
+            b.operand(0, d, b.factor(n, replication=True))
+            for i, piece in enumerate(op.results):
+                b.result(i, d, b.factor(piece.type.shape[d], replication=True))
+            continue
+        f = b.factor(n)
+        b.operand(0, d, f)
+        for i in range(len(op.results)):
+            b.result(i, d, f)
+    return b.build()
+
+
+_attach(("split",), split_rule)
 _attach(("pad",), lambda op: _dims_whole_rule(
     op, {d for d, cfg in enumerate(op.params["padding_config"]) if tuple(cfg) != (0, 0, 0)}, {0}))
 _attach(("rev",), lambda op: _dims_whole_rule(op, set(op.params["dimensions"])))
