@@ -65,6 +65,35 @@ POINTS_3D = (np.random.default_rng(0).uniform(-1.5, 1.5, (256, 3))).astype(np.fl
 def timed(fn):
     t = time.perf_counter(); out = fn(); jax.block_until_ready(out); return out, time.perf_counter() - t
 
+def steady(call, repeats, blocks=5):
+    """(best block median, overall median) of `repeats` timed calls in `blocks` blocks: a block
+    median is robust to single slow calls, and the best block to stretches where other processes
+    load the machine (a thread handoff then costs tens of microseconds)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter(); jax.block_until_ready(call()); times.append(time.perf_counter() - t)
+    size = max(1, repeats // blocks)
+    medians = [statistics.median(times[i:i + size]) for i in range(0, len(times) - size + 1, size)]
+    return min(medians), statistics.median(times)
+
+def compiled_size(jitted, *args):
+    """What XLA runs per call of a jitted function: its cost-model flops and its kernels (the
+    instructions of the optimized entry computation, fusions included, bar parameters/constants)."""
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    entry = compiled.as_text().split("ENTRY", 1)[1].split("\n}", 1)[0]
+    skip = (" parameter(", " constant(", " tuple(", " get-tuple-element(", " bitcast(")
+    kernels = sum(1 for line in entry.splitlines()[1:] if " = " in line and not any(k in line for k in skip))
+    return {"xla_flops": float(cost.get("flops", 0.0)), "xla_kernels": kernels}
+
+def dispatch_floor(points, repeats):
+    """Steady time of a trivial jitted call (x * 2 on the same 256 points): this JAX's per-call floor."""
+    xs = jnp.asarray(points)
+    double = jax.jit(lambda x: x * 2.0)
+    jax.block_until_ready(double(xs))
+    return steady(lambda: double(xs), repeats)[0]
+
 def measure(name, F, f, points, repeats, results):
     entry = {}
     F_value, entry["value_s"] = timed(lambda: F(f))
@@ -72,17 +101,16 @@ def measure(name, F, f, points, repeats, results):
     _, entry["build_warm"] = timed(lambda: jax.grad(F)(f))
     x0 = jnp.asarray(points[0])
     _, entry["first_call"] = timed(lambda: g(x0))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter(); jax.block_until_ready(g(x0)); times.append(time.perf_counter() - t)
-    entry["steady_call"] = statistics.median(times)
+    # a different point array each call, so no library can answer from a cache of earlier calls
+    singles = [jnp.asarray(p) for p in points]
+    count = iter(range(1 << 30))
+    entry["steady_call"], entry["steady_call_median"] = steady(
+        lambda: g(singles[next(count) % len(singles)]), repeats)
     batched = jax.jit(jax.vmap(g))
     xs = jnp.asarray(points)
     values, entry["batch_first"] = timed(lambda: batched(xs))
-    times = []
-    for _ in range(max(5, repeats // 10)):
-        t = time.perf_counter(); jax.block_until_ready(batched(xs)); times.append(time.perf_counter() - t)
-    entry["batch_steady"] = statistics.median(times)
+    entry["batch_steady"], entry["batch_steady_median"] = steady(lambda: batched(xs), repeats)
+    entry.update(compiled_size(batched, xs))
     entry["F"] = float(F_value)
     entry["gradient"] = np.asarray(values, np.float64).tolist()
     results[name] = entry
@@ -113,7 +141,9 @@ def run(cfg):
             f = fn.compose(jnp.sin, f)
         return f
     measure("chain", lambda f: fn.integrate(chain(f), line), neg_sq, POINTS_1D, R, results)
-    results["operator"] = operator(cfg)
+    results["floor"] = dispatch_floor(POINTS_3D, R)
+    if cfg.get("operator", True):
+        results["operator"] = operator(cfg)
     return results
 
 def operator(cfg):
@@ -181,7 +211,9 @@ def run(cfg):
             f = o.compose(sin_, f)
         return f
     measure("chain", lambda f: o.integrate(chain(f)), neg_sq, POINTS_1D, R, results)
-    results["operator"] = operator(cfg)
+    results["floor"] = dispatch_floor(POINTS_3D, R)
+    if cfg.get("operator", True):
+        results["operator"] = operator(cfg)
     return results
 
 def operator(cfg):
@@ -321,6 +353,7 @@ METRICS = [("build", "build gradient", "s"), ("build_warm", "build (warm)", "s")
            ("first_call", "first call", "s"), ("steady_call", "steady call", "us"),
            ("batch_first", "jit(vmap) first", "s"), ("batch_steady", "jit(vmap) steady", "ms")]
 SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6}
+SIZES = [("xla_flops", "jit(vmap) XLA flops"), ("xla_kernels", "jit(vmap) XLA kernels")]
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -358,6 +391,14 @@ def report(ours: dict, theirs: dict | None, cfg: dict, command: str) -> str:
             row = [name, label, _fmt(a, unit), _fmt(b, unit) if b else "-", ratio]
             table.add_row(*row)
             md.append("| " + " | ".join(row) + " |")
+        for key, label in SIZES:
+            if key not in ours_e:
+                continue  # raw measurements saved before this metric existed
+            a, b = ours_e[key], theirs_e.get(key) if theirs_e else None
+            ratio = "same" if b == a else (f"{b / a:.2f}x" if b and a else "-")
+            row = [name, label, f"{a:.0f}", f"{b:.0f}" if b is not None else "-", ratio]
+            table.add_row(*row)
+            md.append("| " + " | ".join(row) + " |")
         ref = refs[name]
         rows = []
         eg, ef = _error(ours_e, ref)
@@ -372,6 +413,12 @@ def report(ours: dict, theirs: dict | None, cfg: dict, command: str) -> str:
         for i, row in enumerate(rows):
             table.add_row(*row, end_section=i == len(rows) - 1)
             md.append("| " + " | ".join(row) + " |")
+    if "floor" in ours:
+        a, b = ours["floor"], theirs.get("floor") if theirs else None
+        row = ["(none)", "dispatch floor: jit(x * 2)", _fmt(a, "us"), _fmt(b, "us") if b else "-",
+               f"{b / a:.2f}x" if b else "-"]
+        table.add_row(*row)
+        md.append("| " + " | ".join(row) + " |")
     console.print(table)
 
     op_table = Table(title=f"neural operator: functional gradient descent, step time ({cfg['steps']} steps)")
@@ -400,10 +447,22 @@ def report(ours: dict, theirs: dict | None, cfg: dict, command: str) -> str:
     console.print(op_table)
     if theirs is None:
         md += ["", "AutoFD was not run (--no-autofd, or its environment could not be installed)."]
+    elif theirs_op and theirs_op.get("reused_from"):
+        md += ["", f"AutoFD's neural-operator step times and losses are from an earlier full run "
+                   f"(`{theirs_op['reused_from']}`, same configuration; its 5 steps take about 25 "
+                   f"minutes); everything else was measured in this run."]
     md += ["", "Notes: AutoFD 0.0.9's broadcast_arg JVP calls `ad_util.Zero.from_value`, missing in JAX "
                "0.5.3; the AutoFD side aliases it to `from_primal_value` so its own neural-operator "
-               "example runs. Steady calls are single-point calls of the gradient function (dispatch "
-               "bound); jit(vmap) times are the compiled gradient over 256 points."]
+               "example runs. Steady calls are single-point calls of the gradient function, each at a "
+               "different point array (so no cache of earlier calls can answer); jit(vmap) times are the compiled gradient over 256 points. Steady times are the "
+               f"best of 5 block medians of {cfg['repeats']} calls (the JSON also has the overall "
+               "medians), the same on both sides. XLA flops (its cost model) and kernels (instructions of the "
+               "optimized entry computation) describe the program each jit(vmap) call runs: equal "
+               "numbers mean both libraries hand XLA the same computation, and the time left is "
+               "per-call dispatch, shown on its own by the dispatch floor row (a trivial jitted "
+               "call on each side's JAX). At these sizes the CPU client runs a program inline "
+               "only when its cost-model flops are under 1000, and otherwise hands it to a worker "
+               "thread, whose wake-up time depends on the machine's load."]
     return "\n".join(lines + md) + "\n"
 
 
@@ -417,10 +476,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "functional.md"))
     parser.add_argument("--from-json", action="store_true",
                         help="rebuild the report from the saved raw measurements (no runs)")
+    parser.add_argument("--reuse-autofd-operator", action="store_true",
+                        help="run everything but AutoFD's neural-operator steps (about 25 minutes), "
+                             "taking those from the saved raw measurements (the report says so)")
     args = parser.parse_args(argv)
     cfg = config(args.quick)
     command = "python benchmarks/functional.py" + (" --quick" if args.quick else "") + \
-        (" --no-autofd" if args.no_autofd else "")
+        (" --no-autofd" if args.no_autofd else "") + \
+        (" --reuse-autofd-operator" if args.reuse_autofd_operator else "")
 
     out = Path(args.out)
     raw = out.with_suffix(".json")
@@ -432,10 +495,20 @@ def main(argv=None) -> None:
         ours = run_side(sys.executable, SHARDKIT, cfg, side_env(None), args.timeout)
         theirs = None
         if not args.no_autofd:
+            saved_operator = None
+            if args.reuse_autofd_operator:
+                saved = json.loads(raw.read_text())
+                if saved.get("config") != cfg or not (saved.get("autofd") or {}).get("operator"):
+                    raise SystemExit(f"--reuse-autofd-operator: {raw} holds no AutoFD operator run "
+                                     f"with this configuration; run without the flag")
+                saved_operator = dict(saved["autofd"]["operator"], reused_from=saved["command"])
             python = ensure_autofd_venv(Path(args.venv))
             if python is not None:
                 print("running AutoFD ...", flush=True)
-                theirs = run_side(str(python), AUTOFD, cfg, side_env(None), args.timeout)
+                theirs = run_side(str(python), AUTOFD, dict(cfg, operator=saved_operator is None),
+                                  side_env(None), args.timeout)
+                if saved_operator is not None:
+                    theirs["operator"] = saved_operator
         out.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(json.dumps({"shardkit": ours, "autofd": theirs, "config": cfg,
                                    "command": command}))

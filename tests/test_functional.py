@@ -155,6 +155,36 @@ def test_nesting_depth_costs_linear_equations(line):
     close(dF16(0.5), value, 1e-5)
 
 
+def test_large_gradient_function_at_new_points_is_one_compiled_call(line):
+    """A big gradient graph with no integrals inside, called at fresh points: values match the
+    closed form and jit(vmap), and the call does not go node by node (no node keeps point values)."""
+    identity = fn.function(lambda x: x, [()])
+
+    def chain(f):
+        for _ in range(16):
+            f = fn.compose(jnp.sin, f)
+        return f
+
+    dF = jax.grad(lambda f: fn.integrate(chain(f), line))(identity)
+    xs = np.linspace(-1.0, 1.0, 7).astype(np.float32)
+    expected = []
+    for x0 in xs:
+        value, x = 1.0, float(x0)
+        for _ in range(16):
+            value, x = value * np.cos(x), np.sin(x)
+        expected.append(value)
+    close([dF(jnp.asarray(x)) for x in xs], expected, 1e-5)
+    close(jax.jit(jax.vmap(dF))(jnp.asarray(xs)), expected, 1e-5)
+    stack, seen = [dF], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        assert not node._grid, f"{node.kind} node cached point values"
+        stack.extend(node.children)
+
+
 def _count_eqns(closed) -> int:
     """Equations of a jaxpr, counting those inside the jaxprs its equations hold."""
     from shardkit.ir import _jax

@@ -21,7 +21,7 @@ from .callables import GetItem, Index, Inner, Stack, TracedCallable, WithParams,
 from .errors import FunctionalError
 from .function import Function
 from .grid import Grid
-from .primitives import (eager_worthwhile, add_p, apply_p, broadcast_p, compose_p, const_p, integrate_p, linearize_p,
+from .primitives import (add_p, apply_p, broadcast_p, compose_p, const_p, integrate_p, linearize_p,
                          ltranspose_p, nabla_p, partial_p, permute_p)
 from .spec import Spec, as_shape, check_argnum, check_same_args
 from .types import FunctionType
@@ -155,7 +155,10 @@ def apply(f, *xs) -> Any:
     if isinstance(f, Function) and f.batch is not None:  # a batch of functions at one point
         return vmapped(lambda g, *a: apply(g, *a), [f, *args])
     if not _traced(f):  # a concrete function: straight to the array level
-        if eager_worthwhile(f) and engine.concrete(f, args):
+        # node by node (values cached on grids) only when integrals inside make it pay: a new point
+        # is a new point set, so a large graph without integrals would run op by op at each point;
+        # compiled, it costs one compile per structure and one dispatch per call
+        if f.nested and engine.concrete(f, args):
             return engine.apply(f, args, 0)
         return lowlevel.apply(f, args, 0)
     return apply_p.bind(f, *args, batch_ndim=0)

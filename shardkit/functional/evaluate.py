@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .errors import FunctionalError
 from .function import Function
@@ -80,12 +81,13 @@ def _nabla(f, args, memo):
 
 def jacobian(fn: Callable, x):
     """d fn / d x, shaped fn(x).shape + x.shape: one JVP per input component (forward mode, as
-    arguments are small), written with vmap and reshape only."""
+    arguments are small), written with vmap and reshape only. The basis is a NumPy constant (a
+    literal in the compiled program, not an iota/compare computed on every call)."""
     x = jnp.asarray(x)
     if x.ndim == 0:
-        return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+        return jax.jvp(fn, (x,), (np.ones((), x.dtype),))[1]
     size = x.size
-    basis = jnp.eye(size, dtype=x.dtype).reshape((size,) + x.shape)
+    basis = np.eye(size, dtype=x.dtype).reshape((size,) + x.shape)
     cols = jax.vmap(lambda t: jax.jvp(fn, (x,), (t,))[1])(basis)      # (size, *ret)
     ret_ndim = cols.ndim - 1
     cols = jnp.moveaxis(cols, 0, -1)                                   # (*ret, size)
