@@ -12,9 +12,14 @@ the costs below are exact per candidate and the program stays linear:
 * resharding: a dimension the op needs whole (a replication factor, the minor part of a merged reshape
   dimension, an op without a rule, the stacked dimension of a scan's scanned operands) is
   all-gathered; a hint op reshards to its fixed sharding;
-* memory: at each point of the top-level schedule, the live values' per-device bytes stay under
-  `memory-limit` (one continuous "fraction kept" variable per set of classes; points whose live bytes
-  another point's cover term by term are dropped).
+* memory: at each program point, per-device bytes as XLA's `memory_analysis()` counts them stay under
+  `memory-limit`: arguments (the whole program), outputs (from their producer on; at the end with the
+  partial sums of the all-reduces producing them), the materialised intermediates
+  live there, the op's communication buffers (gathered copies, partial sums) under its candidate, and
+  the peak of a region's temporaries at its op (auto_shard_memory). One continuous "fraction kept"
+  variable per set of classes; points whose bytes another point's cover term by term are dropped.
+  With a jax Mesh the pass also compiles its solution and re-solves with a calibrated limit until
+  XLA's own numbers fit (auto_shard_verify; option `verify`).
 
 Before modelling, every further use of an iota or a broadcast scalar gets its own copy: values that
 only share such a constant (the zeros of two ReLU gradients after CSE) must not merge their classes.
@@ -40,6 +45,7 @@ from shardkit.ir.factors import Pin, Tie
 from shardkit.ir.sharding import DimSharding
 
 from .base import Pass
+from .auto_shard_memory import memory_schedule
 from .communication import CostModel, ring_bytes
 from .registry import register
 from .sharding_engine import propagate
@@ -51,9 +57,10 @@ _DOMINANCE_WINDOW = 256
 class AutoShardInfeasible(ShardingError):
     """No sharding fits the memory limit; `smallest_limit` is the smallest per-device limit that does."""
 
-    def __init__(self, message: str, smallest_limit: int | None):
+    def __init__(self, message: str, smallest_limit: int | None, least: "AutoShardResult | None" = None):
         super().__init__(message)
         self.smallest_limit = smallest_limit
+        self.least = least  # the solution with the least memory found (None if the solver found none)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class AutoShardResult:
     fallback: bool
     num_variables: int
     seconds: float
+    memory_bytes: int | None = None  # per-device peak in the memory model (None: no limit was given)
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,6 +152,8 @@ class _Model:
         self.sites: list[_Site] = []
         self.pending: list[tuple] = []
         self.values: list[Value] = []
+        self.build_seconds = 0.0
+        self.memory_rows = None
 
     # -- structure ------------------------------------------------------------------------------
     def unit(self, value: Value, dim: int):
@@ -284,6 +294,43 @@ class _Model:
                 cost += self.comm("all-reduce", reduced, local, local)
         return cost + self.compute(op, rule, choice)
 
+    def copy_bytes(self, value: Value, dims, needs_whole: set[int]) -> float:
+        """Per-device bytes of the copy of `value` with `needs_whole` dims gathered (0: none needed)."""
+        if not any(dims[d] for d in needs_whole):
+            return 0.0
+        return self.local_bytes(value, [d if k not in needs_whole else () for k, d in enumerate(dims)])
+
+    def buffer_bytes(self, op: Op, rule, choice) -> float:
+        """Per-device bytes of the buffers the op's communication needs besides its results under a
+        candidate (see auto_shard_memory): gathered copies of what it needs whole, and the partial
+        sums of sharded reduction factors."""
+        if isinstance(rule, _Whole):
+            return self.copy_bytes(rule.value, self.dims_under(rule.value, choice), set(rule.dims))
+        if op.name in _HINT_OPS:
+            return 0.0  # the resharded copy is the hint's result
+        if rule is None:
+            return sum(self.copy_bytes(v, self.dims_under(v, choice), set(range(v.type.rank)))
+                       for v in op.operands)
+        total = 0.0
+        for value, mapping in zip(list(op.operands) + list(op.results), list(rule.operands) + list(rule.results)):
+            dims = self.dims_under(value, choice)
+            whole = {d for d, fs in enumerate(mapping) if fs and (fs[0] in rule.replication or
+                                                                   (len(fs) > 1 and dims[d]))}
+            whole |= {d for d, fs in enumerate(mapping) if not fs and dims[d]}
+            total += self.copy_bytes(value, dims, whole)
+        return total + self.partial_bytes(op, rule, choice)
+
+    def partial_bytes(self, op: Op, rule, choice) -> float:
+        """Per-device bytes of the partial sums the op's all-reduce reads under a candidate (0: none)."""
+        if rule is None or isinstance(rule, _Whole) or op.name in _HINT_OPS:
+            return 0.0
+        reduced = any(choice.get(self.class_of[self.unit(value, d)], ())
+                      for f in rule.reduction for value, mapping in zip(op.operands, rule.operands)
+                      for d, fs in enumerate(mapping) if fs and fs[0] == f)
+        if not reduced:
+            return 0.0
+        return sum(self.local_bytes(v, self.dims_under(v, choice)) for v in op.results)
+
     def compute(self, op: Op, rule, choice) -> float:
         if rule is not None:
             flops = math.prod(n for _, n in rule.sizes) * (2 if rule.reduction else 1)
@@ -312,6 +359,7 @@ class _Model:
             site.costs = [0.0] * len(site.candidates)
             self.sites.append(site)
         self.site_of_op: dict[int, int] = {}
+        self.op_entries: dict[int, list[tuple[int, object]]] = {}
         self.producer_site: dict[Value, int] = {}
         by_classes: dict[tuple, int] = {}
         for op, rule, label, weight in self.pending:
@@ -328,6 +376,7 @@ class _Model:
                 self.sites.append(site)
             if not isinstance(rule, _Whole):
                 self.site_of_op[id(op)] = by_classes[key]
+            self.op_entries.setdefault(id(op), []).append((by_classes[key], rule))
             for v in touched:
                 if v in op.results:
                     self.producer_site[v] = by_classes[key]
@@ -359,7 +408,11 @@ def _solve(model: _Model, memory_limit: float | None, time_limit: float, minimiz
     for site in model.sites:
         y_index.append(list(range(n, n + len(site.candidates))))
         n += len(site.candidates)
-    memory = _memory_model(model, y_index, n) if (memory_limit is not None or minimize_memory) else None
+    memory = None
+    if memory_limit is not None or minimize_memory:
+        if getattr(model, "memory_rows", None) is None or model.memory_rows.first != n:
+            model.memory_rows = _memory_model(model, y_index, n)  # independent of the limit: built once
+        memory = model.memory_rows
     if memory is not None:
         n += len(memory.links)
     extra = 1 if minimize_memory else 0
@@ -420,7 +473,7 @@ def _solve(model: _Model, memory_limit: float | None, time_limit: float, minimiz
                         # HiGHS's presolve (probing) can spend the whole time limit on these models,
                         # whose root LP is usually already integral: solving directly is far faster
                         "presolve": False})
-    return res, x_index, total
+    return res, x_index, total, memory
 
 
 @dataclass
@@ -436,18 +489,12 @@ class _Memory:
 
 
 def _memory_model(model: _Model, y_index, first: int) -> _Memory:
-    """Per program point of the top-level schedule: the per-device bytes of live values."""
-    graph = model.graph
+    """Rows of per-device bytes per program point, as XLA's memory_analysis counts them (see
+    auto_shard_memory): arguments and outputs everywhere, the live materialised intermediates, the
+    op's communication buffers under its site's candidate, and the peak of its regions' temporaries."""
     producer_site: dict[Value, int] = dict(model.producer_site)
-    for k, v in enumerate(graph.inputs):
+    for k, v in enumerate(model.graph.inputs):
         producer_site[v] = k
-    last_use: dict[Value, int] = {}
-    for index, op in enumerate(graph.ops):
-        for v in op.operands:
-            last_use[v] = index
-    for v in graph.outputs:
-        last_use[v] = len(graph.ops)
-
     links: list[dict[int, float]] = []
     z_of: dict[frozenset, int] = {}
 
@@ -465,50 +512,93 @@ def _memory_model(model: _Model, y_index, first: int) -> _Memory:
             links.append(coeffs)
         return z_of[key]
 
-    points: list[dict[int, float]] = []
-    live = {v: (fraction_var(v), v.type.nbytes) for v in graph.inputs}
-    for index, op in enumerate(graph.ops):
-        for v in op.results:
-            live[v] = (fraction_var(v), v.type.nbytes)
-        point: dict[int, float] = {}
-        for z, nbytes in live.values():
-            if z is not None:
-                point[z] = point.get(z, 0.0) + nbytes
-        points.append(point)
-        for v in list(live):
-            if last_use.get(v, -1) <= index and v not in graph.outputs:
-                del live[v]
-    if not graph.ops:
-        point = {}
-        for v in graph.inputs:
-            z = fraction_var(v)
-            if z is not None:
-                point[z] = point.get(z, 0.0) + v.type.nbytes
-        points.append(point)
-    return _Memory(first, links, _undominated(points, first, len(links)))
+    terms: dict[Value, tuple[int, float] | None] = {}
+
+    def add_values(row: dict[int, float], values) -> None:
+        for v in values:
+            if v not in terms:
+                z, nbytes = fraction_var(v), v.type.nbytes
+                terms[v] = (z, float(nbytes)) if z is not None and nbytes else None
+            term = terms[v]
+            if term is not None:
+                row[term[0]] = row.get(term[0], 0.0) + term[1]
+
+    buffers: dict[tuple[int, bool], list[tuple[int, float]]] = {}
+
+    def add_buffers(row: dict[int, float], op: Op, partial_only: bool = False) -> None:
+        key = (id(op), partial_only)
+        if key not in buffers:
+            buffers[key] = []
+            for s, rule in model.op_entries.get(id(op), []):
+                for y, ch in zip(y_index[s], model.sites[s].candidates):
+                    b = model.partial_bytes(op, rule, ch) if partial_only else model.buffer_bytes(op, rule, ch)
+                    if b:
+                        buffers[key].append((y, b))
+        for y, b in buffers[key]:
+            row[y] = row.get(y, 0.0) + b
+
+    def rows_of(graph: Graph, top: bool) -> list[dict[int, float]]:
+        schedule = memory_schedule(graph, top)
+        base: dict[int, float] = {}
+        add_values(base, schedule.always)
+        rows = []
+        for index, op in enumerate(graph.ops):
+            row = dict(base)
+            add_values(row, schedule.live[index] + schedule.outputs[index])
+            add_buffers(row, op)
+            inner = [r for region in (op.regions if op.name != "shard_map" else ()) for r in rows_of(region, False)]
+            if inner:
+                for r in inner:
+                    combined = dict(row)
+                    for j, b in r.items():
+                        combined[j] = combined.get(j, 0.0) + b
+                    rows.append(combined)
+            else:
+                rows.append(row)
+        if top:  # the end: every output, and the partial sums of the (combined) all-reduces making them
+            end = dict(base)
+            add_values(end, schedule.all_outputs)
+            for op in schedule.end_ops:
+                add_buffers(end, op, partial_only=True)
+            rows.append(end)
+        if not rows and base:
+            rows.append(base)
+        return _undominated(rows)
+
+    return _Memory(first, links, rows_of(model.graph, True))
 
 
-def _undominated(points: list[dict[int, float]], first: int, width: int) -> list[dict[int, float]]:
+def _undominated(points: list[dict[int, float]]) -> list[dict[int, float]]:
     """The rows not implied by another row (every coefficient of the other is at least as large)."""
-    if not points or not width:
-        return [p for p in points if p][:1]
-    dense = np.zeros((len(points), width))
+    points = [p for p in points if p]
+    if len(points) <= 1:
+        return points
+    columns = sorted({j for p in points for j in p})
+    where = {j: k for k, j in enumerate(columns)}
+    dense = np.zeros((len(points), len(columns)))
     for i, point in enumerate(points):
-        for z, b in point.items():
-            dense[i, z - first] = b
+        for j, b in point.items():
+            dense[i, where[j]] = b
     kept: list[int] = []
     for i in np.argsort(-dense.sum(axis=1), kind="stable"):
         # against the largest kept rows only: bounds the work; a row kept needlessly is just redundant
         if kept and np.any(np.all(dense[kept[:_DOMINANCE_WINDOW]] >= dense[i], axis=1)):
             continue
         kept.append(int(i))
-    return [{first + k: float(b) for k, b in enumerate(dense[i]) if b} for i in sorted(kept)]
+    return [points[i] for i in sorted(kept)]
 
 
 def auto_shard(graph: Graph, mesh: MeshShape, memory_limit: float | None = None, objective: str = "time",
                time_limit: float = 20.0, mesh_axes: tuple[str, ...] = (), flops_per_s: float = 1e12,
                bandwidth_gbps: float = 50.0, latency_us: float = 1.0) -> AutoShardResult:
     """Choose shardings for every value of `graph` over `mesh` (see the module docstring)."""
+    model = build_model(graph, mesh, objective, mesh_axes, flops_per_s, bandwidth_gbps, latency_us)
+    return solve_model(model, memory_limit, time_limit)
+
+
+def build_model(graph: Graph, mesh: MeshShape, objective: str = "time", mesh_axes: tuple[str, ...] = (),
+                flops_per_s: float = 1e12, bandwidth_gbps: float = 50.0, latency_us: float = 1.0) -> _Model:
+    """The classes, sites and costs of `graph` (independent of the memory limit, so re-solving is cheap)."""
     import time
     if objective not in ("time", "comm"):
         raise ShardingError(f"auto-shard: objective must be 'time' or 'comm', got {objective!r}")
@@ -521,30 +611,65 @@ def auto_shard(graph: Graph, mesh: MeshShape, memory_limit: float | None = None,
     model.collect(graph, 1.0)
     model.build_classes()
     model.make_sites()
-    res, x_index, total = _solve(model, memory_limit, time_limit)
+    model.build_seconds = time.perf_counter() - started
+    return model
+
+
+def _chosen(res, x_index) -> dict[int, tuple[str, ...]]:
+    return {c: a for (c, a), i in x_index.items() if res.x[i] > 0.5}
+
+
+def _peak_at(memory: _Memory | None, x) -> int | None:
+    if memory is None or x is None:
+        return None
+    return int(math.ceil(max((sum(b * x[j] for j, b in row.items()) for row in memory.rows), default=0.0)))
+
+
+def least_memory(model: _Model, time_limit: float) -> AutoShardResult | None:
+    """The solution with the least per-device memory in the memory model (None if none is found)."""
+    import time
+    started = time.perf_counter()
+    best, index, total, memory = _solve(model, None, time_limit, minimize_memory=True)
+    if best.x is None:
+        return None
+    chosen = _chosen(best, index)
+    return AutoShardResult(_apply(model, model.graph, chosen), chosen, float("nan"), False, False, total,
+                           time.perf_counter() - started, _peak_at(memory, best.x))
+
+
+def solve_model(model: _Model, memory_limit: float | None, time_limit: float) -> AutoShardResult:
+    """Solve the ILP of `model` under `memory_limit` (per-device bytes in the memory model, or None).
+
+    Raises AutoShardInfeasible (with the smallest feasible limit and the least-memory solution) when
+    nothing fits; falls back to a greedy choice with a warning when the solver runs out of time."""
+    import time
+    started = time.perf_counter() - model.build_seconds
+    res, x_index, total, memory = _solve(model, memory_limit, time_limit)
     fallback = False
     if res.x is None:
         if res.status == 2 or (memory_limit is not None and res.status not in (1,)):
-            best = _solve(model, None, time_limit, minimize_memory=True)[0]
+            best, best_index, _, best_memory = _solve(model, None, time_limit, minimize_memory=True)
             smallest = int(math.ceil(best.x[-1])) if best.x is not None else None
             if res.status == 2:
+                least = None
+                if best.x is not None:
+                    least = AutoShardResult(_apply(model, model.graph, _chosen(best, best_index)),
+                                            _chosen(best, best_index), float("nan"), False, False, total,
+                                            time.perf_counter() - started, _peak_at(best_memory, best.x))
                 raise AutoShardInfeasible(
                     f"auto-shard: no sharding fits memory-limit={int(memory_limit or 0)} bytes per device; "
-                    f"the smallest feasible limit found is {smallest} bytes", smallest)
+                    f"the smallest feasible limit found is {smallest} bytes", smallest, least)
         warnings.warn(f"auto-shard: the ILP solver found no solution within {time_limit}s "
                       f"({res.message}); falling back to greedy data parallelism plus propagation")
         fallback = True
         chosen = _greedy(model)
         objective_value = float("nan")
     else:
-        chosen = {}
-        for (c, a), i in x_index.items():
-            if res.x[i] > 0.5:
-                chosen[c] = a
+        chosen = _chosen(res, x_index)
         objective_value = float(res.fun)
-    sharded = _apply(model, graph, chosen)
+    sharded = _apply(model, model.graph, chosen)
     return AutoShardResult(sharded, chosen, objective_value, res.status == 0, fallback, total,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, _peak_at(memory, res.x))
 
 
 def _is_cheap(op: Op) -> bool:
@@ -631,7 +756,9 @@ class AutoShard(Pass):
     """Choose a sharding for every value with no hints needed (ILP over factor classes; see module doc).
 
     memory_limit: per-device bytes (0 = no limit); objective: `time` (alpha-beta + compute) or `comm`
-    (bytes); mesh_axes: restrict which axes may be used; time_limit: solver seconds before fallback.
+    (bytes); mesh_axes: restrict which axes may be used; time_limit: solver seconds before fallback;
+    verify: with a memory limit and a jax Mesh, hold the limit against XLA's compiled memory_analysis()
+    (compile, re-solve with a calibrated limit; see auto_shard_verify).
     """
 
     name: ClassVar[str] = "auto-shard"
@@ -640,21 +767,41 @@ class AutoShard(Pass):
     objective: str = "time"
     mesh_axes: tuple[str, ...] = ()
     time_limit: float = 20.0
+    verify: bool = True
 
     def run(self, graph: Graph, ctx) -> Graph:
         mesh = ctx.mesh_shape if ctx is not None and ctx.mesh is not None else graph.mesh
         if mesh is None:
             raise ShardingError("auto-shard needs a mesh: run the pipeline with mesh=...")
-        result = auto_shard(graph.replace(mesh=mesh), mesh, self.memory_limit or None, self.objective,
-                            self.time_limit, self.mesh_axes)
+        model = build_model(graph.replace(mesh=mesh), mesh, self.objective, self.mesh_axes)
+        jax_mesh = ctx.mesh if ctx is not None and hasattr(ctx.mesh, "devices") else None
+        propagated: dict[int, object] = {}
+
+        def complete(result: AutoShardResult):
+            if id(result) not in propagated:
+                propagated[id(result)] = (result, propagate(result.graph, mesh))
+            return propagated[id(result)][1]
+
+        verified = ""
+        if self.memory_limit and self.verify and jax_mesh is not None:
+            from .auto_shard_verify import compiled_memory, solve_verified
+            result, measured, compiles = solve_verified(
+                model, self.memory_limit, self.time_limit,
+                lambda r: compiled_memory(complete(r).graph, jax_mesh))
+            if measured is not None:
+                verified = f"; compiled memory {measured:,} B per device (limit {self.memory_limit:,}, " \
+                           f"{compiles} compile{'s' if compiles > 1 else ''})"
+        else:
+            result = solve_model(model, self.memory_limit or None, self.time_limit)
         if ctx is not None:
             ctx.analyses.put(AutoShardResult, result.graph, result)
             ctx.diagnostics.note(
                 f"auto-shard: {result.num_variables} variables, objective {result.objective:.4g}, "
                 f"{'optimal' if result.optimal else 'fallback' if result.fallback else 'time-limited'} "
-                f"in {result.seconds:.2f}s")
-        completed = propagate(result.graph, mesh)
+                f"in {result.seconds:.2f}s{verified}")
+        completed = complete(result)
         if ctx is not None:
             from .sharding_engine import PropagationResult
             ctx.analyses.put(PropagationResult, completed.graph, completed)
+            ctx.analyses.put(AutoShardResult, completed.graph, result)  # what the pass chose, for its output
         return completed.graph

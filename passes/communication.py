@@ -198,24 +198,10 @@ def graph_collectives(graph: Graph, mesh: MeshShape, where: str = "", seen: set 
 
 
 def peak_memory(graph: Graph, mesh: MeshShape) -> int:
-    """Per-device bytes of the live values at the peak of the schedule (top level, program order)."""
-    last_use: dict[Value, int] = {}
-    for index, op in enumerate(graph.ops):
-        for v in op.operands:
-            last_use[v] = index
-    end = len(graph.ops)
-    for v in graph.outputs:
-        last_use[v] = end
-    live = {v: _local_bytes(v, mesh, _dims(v)) for v in graph.inputs}
-    peak = sum(live.values())
-    for index, op in enumerate(graph.ops):
-        for v in op.results:
-            live[v] = _local_bytes(v, mesh, _dims(v))
-        peak = max(peak, sum(live.values()))
-        for v in list(live):
-            if last_use.get(v, -1) <= index and v not in graph.outputs:
-                del live[v]
-    return int(peak)
+    """Predicted per-device bytes as XLA's memory_analysis() counts them: arguments and outputs for the
+    whole program plus the peak of materialised temporaries and collective buffers (auto_shard_memory)."""
+    from .auto_shard_memory import estimate_memory
+    return estimate_memory(graph, mesh)
 
 
 @dataclass(frozen=True)
