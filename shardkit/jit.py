@@ -89,8 +89,7 @@ class ShardedFunction:
 
     # -- building ------------------------------------------------------------------------------
     def _key(self, args, kwargs):
-        leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
-        return tree, tuple((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x)))) for x in leaves)
+        return _signature(*jax.tree_util.tree_flatten((args, kwargs)))
 
     def _resolve(self, spec):
         from shardkit.axis_rules import active_rules
@@ -186,7 +185,11 @@ class ShardedFunction:
 
     # -- public -----------------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        return self.build(*args, **kwargs).lowered(*args, **kwargs)
+        leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
+        build = self._cache.get(_signature(leaves, tree))
+        if build is None:
+            return self.build(*args, **kwargs).lowered(*args, **kwargs)
+        return build.lowered.call_flat(leaves)  # the signature matched a checked build: skip the checks
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
         """The jax.stages.Lowered for these arguments (`.compile().as_text()` is XLA's HLO)."""
@@ -195,6 +198,17 @@ class ShardedFunction:
     def graph(self, *args, **kwargs) -> Graph:
         """The IR after the pipeline: every value carries a sharding."""
         return self.build(*args, **kwargs).graph
+
+
+def _signature(leaves, tree) -> tuple:
+    """What a build depends on: the argument structure and each leaf's shape and dtype."""
+    sig = []
+    for x in leaves:
+        try:
+            sig.append((x.shape, x.dtype))
+        except AttributeError:
+            sig.append(((), type(x)))
+    return tree, tuple(sig)
 
 
 def jit(fn: Callable, *, mesh, in_specs=None, out_specs=None, pipeline: str = DEFAULT_PIPELINE,

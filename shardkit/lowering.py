@@ -66,11 +66,26 @@ class LoweredFunction:
         return jax.tree_util.tree_unflatten(self.graph.out_tree, list(outs))
 
     def __call__(self, *args, **kwargs) -> Any:
-        flat = self._flatten(args, kwargs)
-        if self.in_shardings is not None:  # move committed arrays instead of failing on a mismatch
-            flat = [jax.device_put(x, s) if hasattr(x, "shape") else x
-                    for x, s in zip(flat, self.in_shardings)]
+        return self.call_flat(self._flatten(args, kwargs))
+
+    def call_flat(self, flat: list) -> Any:
+        """Run on already checked flat arguments (the leaves of `(args, kwargs)`)."""
+        if self.in_shardings is not None:
+            flat = self._place(flat)
         return self._unflatten(self.jitted(*flat))
+
+    def _place(self, flat: list) -> list:
+        """Move arrays that sit elsewhere (committed to other devices or shardings) onto their input
+        sharding, in one batched transfer; arrays already in place are passed through untouched."""
+        moving = [i for i, (x, s) in enumerate(zip(flat, self.in_shardings))
+                  if hasattr(x, "shape") and not _placed(x, s)]
+        if not moving:
+            return flat
+        flat = list(flat)
+        moved = jax.device_put([flat[i] for i in moving], [self.in_shardings[i] for i in moving])
+        for i, x in zip(moving, moved):
+            flat[i] = x
+        return flat
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
         """The jax.stages.Lowered of this call (`.compile().as_text()` shows XLA's HLO)."""
@@ -96,6 +111,14 @@ def _check_shardings(graph: Graph, mesh: MeshShape) -> None:
 
 
 # -- argument checks ------------------------------------------------------------------------------
+
+
+def _placed(x, sharding: NamedSharding) -> bool:
+    """Whether array `x` already lies the way `sharding` asks (P('data') and P('data', None) agree)."""
+    current = getattr(x, "sharding", None)
+    if current is None:
+        return False
+    return current == sharding or current.is_equivalent_to(sharding, len(x.shape))
 
 
 def _fits(leaf, type_) -> bool:

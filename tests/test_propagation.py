@@ -217,3 +217,25 @@ def test_explicit_mesh_axes():
     x = jax.device_put(jnp.arange(64.0).reshape(16, 4), jax.sharding.NamedSharding(mesh, P("data", None)))
     jf = sk.jit(lambda x: jnp.tanh(x) * 2, mesh=mesh, in_specs=(P("data", None),))
     np.testing.assert_allclose(jf(x), jnp.tanh(jnp.arange(64.0).reshape(16, 4)) * 2, rtol=1e-6)
+
+
+def test_steady_calls_move_no_arrays_that_are_already_in_place(mesh):
+    """A training loop feeds a step its own outputs: once they are placed, calls transfer nothing,
+    even when the caller spelled an equivalent spec differently (P('data', None) vs P('data'))."""
+    def step(w, x):
+        return w - 0.1 * jax.grad(lambda w: jnp.mean((x @ w) ** 2))(w), jnp.sum(x)
+
+    specs = (P(None, "model"), P("data"))
+    jf = sk.jit(step, mesh=mesh, in_specs=specs, out_specs=(P(None, "model"), P()))
+    w = jnp.full((8, 4), 0.5)
+    x = jnp.arange(128.0).reshape(16, 8) / 100
+    w_placed, _ = jf(w, x)                                   # unplaced arguments are moved
+    x_placed = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data", None)))
+    with jax.transfer_guard("disallow"):
+        w2, total = jf(w_placed, x_placed)
+        w3, _ = jf(w2, x_placed)
+    ref = w
+    for _ in range(3):
+        ref, want_total = step(ref, x)
+    np.testing.assert_allclose(w3, ref, rtol=1e-5)
+    np.testing.assert_allclose(total, want_total, rtol=1e-6)
