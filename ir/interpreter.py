@@ -37,8 +37,9 @@ class Interpreter:
             if len(outs) != len(op.results):
                 raise LoweringError(f"lowering of {op.name} gave {len(outs)} results, the op has "
                                     f"{len(op.results)}")
+            implied = _implied_by_operands(op)
             for value, out in zip(op.results, outs):
-                env[value] = self.constrain(value, out)
+                env[value] = out if implied else self.constrain(value, out)
         return [env[v] for v in graph.outputs]
 
     def run_op(self, op: Op, args: list) -> list:
@@ -74,3 +75,25 @@ class Interpreter:
         if not hasattr(x, "shape") or tuple(x.shape) != value.type.shape:
             return x
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, sharding.to_partition_spec()))
+
+
+def _implied_by_operands(op: Op) -> bool:
+    """Whether XLA's own propagation already gives `op`'s result its sharding: an op without regions
+    whose single result has the shape and sharding of every non-scalar operand (element-wise work).
+    Constraining such values adds nothing and stops XLA from folding across them."""
+    if len(op.results) != 1 or op.regions or not op.operands or op.name in _USER_CONSTRAINTS:
+        return False
+    result = op.results[0].type
+    if result.sharding is None or not result.rank:
+        return False
+    layout = _layout(result.sharding)
+    tensors = [v.type for v in op.operands if v.type.rank]
+    return bool(tensors) and all(t.shape == result.shape and t.sharding is not None
+                                 and _layout(t.sharding) == layout for t in tensors)
+
+
+_USER_CONSTRAINTS = frozenset({"hint", "sharding_constraint"})
+
+
+def _layout(sharding) -> tuple:
+    return tuple(d.axes for d in sharding.dims), tuple(sharding.unreduced)

@@ -239,3 +239,19 @@ def test_steady_calls_move_no_arrays_that_are_already_in_place(mesh):
         ref, want_total = step(ref, x)
     np.testing.assert_allclose(w3, ref, rtol=1e-5)
     np.testing.assert_allclose(total, want_total, rtol=1e-6)
+
+
+def test_elementwise_chains_are_not_constrained_value_by_value(mesh):
+    """Values whose sharding XLA derives from their operands anyway (element-wise work on operands
+    sharded alike) are left unconstrained, so XLA stays free to fuse and fold across them."""
+    def chain(x):
+        for _ in range(10):
+            x = jnp.tanh(x) * 2 + 1
+        return x @ x.T
+
+    jf = sk.jit(chain, mesh=mesh, in_specs=(P("data", "model"),))
+    x = jnp.arange(64.0).reshape(8, 8) / 64
+    text = jf.lower(x).as_text()
+    assert text.count("sdy.sharding_constraint") <= 5    # the input, two scalars, the matmul's result
+    np.testing.assert_allclose(jf(x), chain(x), rtol=1e-5)
+    assert all(v.type.sharding is not None for op in jf.graph(x).ops for v in op.results)
