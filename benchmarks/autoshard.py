@@ -60,7 +60,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import shardkit as sk  # noqa: E402
-from corpus import BUILDERS, Case, build_corpus  # noqa: E402
+from corpus import BUILDERS, Case, build_corpus, deep_transformer_lm_step  # noqa: E402
 from shardkit.hlo import collectives_from_hlo  # noqa: E402
 from shardkit.ir import MeshShape  # noqa: E402
 from shardkit.jit import broadcast_specs  # noqa: E402
@@ -414,28 +414,10 @@ class ScaleResult:
     fallback: bool
 
 
-def deep_lm(layers: int):
-    """transformer-lm of the corpus (same widths) with `layers` blocks: (step fn, its arguments)."""
-    import jax.numpy as jnp
-
-    import corpus as C
-    k = C._keys(9, layers + 4)
-    batch, seq, d, heads, ff, vocab = 8, 33, 64, 4, 128, 256
-    params = {"embed": C._normal(k[0], (vocab, d), 0.02), "pos": C._normal(k[1], (seq - 1, d), 0.02),
-              "layers": [C._block_params(k[4 + i], d, heads, ff) for i in range(layers)],
-              "ln_f": jnp.ones((d,)), "unembed": C._normal(k[2], (d, vocab))}
-    tokens = jax.random.randint(k[3], (batch, seq), 0, vocab, jnp.int32)
-
-    def fn(params, opt_state, tokens):
-        return C._lm_step(params, opt_state, tokens, C._lm_loss)
-
-    return fn, (params, C._ADAM.init(params), tokens)
-
-
 def run_scale(mesh, layers: int, time_limit: float) -> ScaleResult:
     """Time the auto-shard pass on a `layers`-deep transformer training step (PassManager timing)."""
     from shardkit.passes import AutoShardResult
-    fn, args = deep_lm(layers)
+    fn, args = deep_transformer_lm_step(layers)
     graph = sk.capture(fn, *args).replace(mesh=MeshShape.of(mesh))
     ctx = PassContext(mesh=mesh)
     manager = PassManager(auto_pipeline("time", None, time_limit), ctx=ctx, verify=False, reproducers=False)

@@ -232,6 +232,22 @@ def params_shape(params, keystr):
     return ()
 
 
+def deep_transformer_lm_step(layers: int):
+    """transformer-lm's adam training step (same widths) with `layers` blocks: (step fn, arguments);
+    what the auto-shard scale test and benchmark solve."""
+    k = _keys(9, layers + 4)
+    batch, seq, d, heads, ff, vocab = 8, 33, 64, 4, 128, 256
+    params = {"embed": _normal(k[0], (vocab, d), 0.02), "pos": _normal(k[1], (seq - 1, d), 0.02),
+              "layers": [_block_params(k[4 + i], d, heads, ff) for i in range(layers)],
+              "ln_f": jnp.ones((d,)), "unembed": _normal(k[2], (d, vocab))}
+    tokens = jax.random.randint(k[3], (batch, seq), 0, vocab, jnp.int32)
+
+    def step(params, opt_state, tokens):
+        return _lm_step(params, opt_state, tokens, _lm_loss)
+
+    return step, (params, _ADAM.init(params), tokens)
+
+
 def transformer_lm(mesh) -> Case:
     k = _keys(4, 8)
     batch, seq, d, heads, ff, vocab, layers = 8, 33, 64, 4, 128, 256, 4

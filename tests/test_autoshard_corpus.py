@@ -84,19 +84,9 @@ def test_scan_stacked_dim_is_not_free(mesh):
     _assert_close(jf(*case.args), jax.jit(case.fn)(*case.args), case)
 
 
-def _deep_lm(layers: int):
-    """The corpus's transformer-lm adam training step with `layers` blocks (same widths)."""
-    import jax.numpy as jnp
-
+def _deep_lm_step(layers: int):
     from benchmarks import corpus as C
-    k = C._keys(9, layers + 4)
-    batch, seq, d, heads, ff, vocab = 8, 33, 64, 4, 128, 256
-    params = {"embed": C._normal(k[0], (vocab, d), 0.02), "pos": C._normal(k[1], (seq - 1, d), 0.02),
-              "layers": [C._block_params(k[4 + i], d, heads, ff) for i in range(layers)],
-              "ln_f": jnp.ones((d,)), "unembed": C._normal(k[2], (d, vocab))}
-    tokens = jax.random.randint(k[3], (batch, seq), 0, vocab, jnp.int32)
-    step = lambda p, o, t: C._lm_step(p, o, t, C._lm_loss)  # noqa: E731
-    return step, (params, C._ADAM.init(params), tokens)
+    return C.deep_transformer_lm_step(layers)
 
 
 def _auto_shard_result(mesh, fn, args):
@@ -113,10 +103,10 @@ def test_24_layer_transformer_training_step_solves(mesh):
     # the issue's scale target (a 24-layer training step solved in under 30 s) is timed by
     # benchmarks/autoshard.py; here: the ILP is solved to optimality (no fallback, no time-limited
     # answer), its size grows at most linearly with depth, and the pass ends (generous bound: no hang)
-    shallow, _ = _auto_shard_result(mesh, *_deep_lm(4))
+    shallow, _ = _auto_shard_result(mesh, *_deep_lm_step(4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback warning fails the test
-        deep, ops = _auto_shard_result(mesh, *_deep_lm(24))
+        deep, ops = _auto_shard_result(mesh, *_deep_lm_step(24))
     assert ops > 5000
     assert deep.optimal and not deep.fallback
     assert deep.num_variables <= 6 * shallow.num_variables  # 6x the layers, at most 6x the variables
