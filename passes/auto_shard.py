@@ -21,6 +21,19 @@ the costs below are exact per candidate and the program stays linear:
   With a jax Mesh the pass also compiles its solution and re-solves with a calibrated limit until
   XLA's own numbers fit (auto_shard_verify; option `verify`).
 
+Storage: each large graph input that feeds a dot_general and has no fixed sharding gets its own
+storage value, linked to its use by a `sharding_constraint` op placed at the start of the program
+(XLA gathers parameters early). The link's candidates only let storage add mesh axes the use leaves
+free, so it costs an all-gather (an input stored sharded, FSDP-style) or nothing; arguments are counted
+at their storage sharding and the gathered copy (always materialised) where it differs. When that model
+finds the memory limit infeasible, the pass rebuilds it with internal links too: a free output's
+storage may be a slice of its producer's result, a large dot_general result may be sliced finer for
+its users (e.g. the loss's batch sharded while the matmuls' is not), and a large internal operand of
+dot_generals may be all-gathered coarser for them (one copy shared by those dots). Internal links are
+not in the first model because they multiply the solver's time on large programs. Links whose two
+sides agree are removed from the result. Not modelled: a gather per use, and a producer's all-reduce
+plus slice as a reduce-scatter (the all-reduce is costed; XLA may still emit a reduce-scatter).
+
 Before modelling, every further use of an iota or a broadcast scalar gets its own copy: values that
 only share such a constant (the zeros of two ReLU gradients after CSE) must not merge their classes.
 
@@ -154,6 +167,7 @@ class _Model:
         self.values: list[Value] = []
         self.build_seconds = 0.0
         self.memory_rows = None
+        self.storage_kinds: dict[int, str] = {}  # id of a storage op -> "input" / "output"
 
     # -- structure ------------------------------------------------------------------------------
     def unit(self, value: Value, dim: int):
@@ -365,15 +379,23 @@ class _Model:
         for op, rule, label, weight in self.pending:
             touched = [rule.value] if isinstance(rule, _Whole) else list(op.operands) + list(op.results)
             classes = sorted({c for v in touched for c in self.classes_of(v)})
-            costs = [weight * self.op_cost(op, rule, ch) for ch in candidates(classes)]
-            key = tuple(classes)
+            kind = self.storage_kinds.get(id(op))
+            options = _storage_candidates(self, op, kind) if kind else candidates(classes)
+            costs = [weight * self.op_cost(op, rule, ch) for ch in options]
+            key = ("storage", id(op)) if kind else tuple(classes)
             if key in by_classes:
                 site = self.sites[by_classes[key]]
                 site.costs = [a + b for a, b in zip(site.costs, costs)]
             else:
                 by_classes[key] = len(self.sites)
-                site = _Site(label, op, classes, candidates(classes), costs, weight)
+                site = _Site(label, op, classes, options, costs, weight)
                 self.sites.append(site)
+                if kind == "input":  # the input's own site: the storage choices that op allows
+                    k = self.graph.inputs.index(op.operands[0])
+                    mine = self.sites[k].classes
+                    unique = list({tuple((c, ch[c]) for c in mine): None for ch in options})
+                    self.sites[k].candidates = [dict(u) for u in unique]
+                    self.sites[k].costs = [0.0] * len(unique)
             if not isinstance(rule, _Whole):
                 self.site_of_op[id(op)] = by_classes[key]
             self.op_entries.setdefault(id(op), []).append((by_classes[key], rule))
@@ -512,16 +534,29 @@ def _memory_model(model: _Model, y_index, first: int) -> _Memory:
             links.append(coeffs)
         return z_of[key]
 
-    terms: dict[Value, tuple[int, float] | None] = {}
+    terms: dict[Value, list[tuple[int, float]]] = {}
+    gathered: dict[Value, int] = {}  # the use of a graph input -> its storage site
+    gathered_from: dict[Value, Value] = {}
+    for op in model.graph.ops:
+        if model.storage_kinds.get(id(op)) in ("input", "gather"):
+            gathered[op.results[0]] = model.site_of_op[id(op)]
+            gathered_from[op.results[0]] = op.operands[0]
 
     def add_values(row: dict[int, float], values) -> None:
         for v in values:
             if v not in terms:
+                if v in gathered:  # a gathered copy only where the use is less sharded than the storage
+                    s = gathered[v]
+                    terms[v] = []
+                    for y, ch in zip(y_index[s], model.sites[s].candidates):
+                        use = model.dims_under(v, ch)
+                        if use != model.dims_under(gathered_from[v], ch):
+                            terms[v].append((y, model.local_bytes(v, use)))
+                    continue
                 z, nbytes = fraction_var(v), v.type.nbytes
-                terms[v] = (z, float(nbytes)) if z is not None and nbytes else None
-            term = terms[v]
-            if term is not None:
-                row[term[0]] = row.get(term[0], 0.0) + term[1]
+                terms[v] = [(z, float(nbytes))] if z is not None and nbytes else []
+            for j, b in terms[v]:
+                row[j] = row.get(j, 0.0) + b
 
     buffers: dict[tuple[int, bool], list[tuple[int, float]]] = {}
 
@@ -537,8 +572,11 @@ def _memory_model(model: _Model, y_index, first: int) -> _Memory:
         for y, b in buffers[key]:
             row[y] = row.get(y, 0.0) + b
 
+    output_links = frozenset(k for k, kind in model.storage_kinds.items() if kind == "output")
+    gather_links = frozenset(k for k, kind in model.storage_kinds.items() if kind in ("input", "gather"))
+
     def rows_of(graph: Graph, top: bool) -> list[dict[int, float]]:
-        schedule = memory_schedule(graph, top)
+        schedule = memory_schedule(graph, top, output_links, gather_links)
         base: dict[int, float] = {}
         add_values(base, schedule.always)
         rows = []
@@ -592,13 +630,36 @@ def auto_shard(graph: Graph, mesh: MeshShape, memory_limit: float | None = None,
                time_limit: float = 20.0, mesh_axes: tuple[str, ...] = (), flops_per_s: float = 1e12,
                bandwidth_gbps: float = 50.0, latency_us: float = 1.0) -> AutoShardResult:
     """Choose shardings for every value of `graph` over `mesh` (see the module docstring)."""
-    model = build_model(graph, mesh, objective, mesh_axes, flops_per_s, bandwidth_gbps, latency_us)
-    return solve_model(model, memory_limit, time_limit)
+    def solve(internal: bool) -> AutoShardResult:
+        model = build_model(graph, mesh, objective, mesh_axes, flops_per_s, bandwidth_gbps, latency_us, internal)
+        return solve_model(model, memory_limit, time_limit)
+
+    return _with_internal_links(solve, memory_limit)
+
+
+def _with_internal_links(solve, memory_limit) -> AutoShardResult:
+    """`solve(False)`; when that finds the memory limit infeasible, `solve(True)` (a model that may also
+    reshard inside the program: slices after matmuls, gathers before them, stored outputs). The larger
+    model is only built when needed, as it can multiply the solver's time, and not for a limit under
+    half the smallest feasible one found (resharding temporaries cannot save that much). Of two
+    failures, the one with the smaller feasible limit is raised."""
+    try:
+        return solve(False)
+    except AutoShardInfeasible as first:
+        if not memory_limit or (first.smallest_limit and memory_limit < first.smallest_limit / 2):
+            raise
+        try:
+            return solve(True)
+        except AutoShardInfeasible as second:
+            a, b = first.smallest_limit, second.smallest_limit
+            raise second if a is None or (b is not None and b < a) else first
 
 
 def build_model(graph: Graph, mesh: MeshShape, objective: str = "time", mesh_axes: tuple[str, ...] = (),
-                flops_per_s: float = 1e12, bandwidth_gbps: float = 50.0, latency_us: float = 1.0) -> _Model:
-    """The classes, sites and costs of `graph` (independent of the memory limit, so re-solving is cheap)."""
+                flops_per_s: float = 1e12, bandwidth_gbps: float = 50.0, latency_us: float = 1.0,
+                internal_links: bool = False) -> _Model:
+    """The classes, sites and costs of `graph` (independent of the memory limit, so re-solving is cheap).
+    `internal_links`: also let values inside the program reshard (see `_insert_storage_ops`)."""
     import time
     if objective not in ("time", "comm"):
         raise ShardingError(f"auto-shard: objective must be 'time' or 'comm', got {objective!r}")
@@ -607,7 +668,9 @@ def build_model(graph: Graph, mesh: MeshShape, objective: str = "time", mesh_axe
         mesh.size(a)
     started = time.perf_counter()
     graph = _unshare_cheap_values(graph)
+    graph, storage = _insert_storage_ops(graph, internal_links)
     model = _Model(graph, mesh, CostModel({}, bandwidth_gbps, latency_us), objective, flops_per_s, axes_allowed)
+    model.storage_kinds = storage
     model.collect(graph, 1.0)
     model.build_classes()
     model.make_sites()
@@ -707,6 +770,115 @@ def _unshare_cheap_values(graph: Graph) -> Graph:
     return rewrite(graph)
 
 
+_STORAGE = "sharding_constraint"  # the op that links a graph input/output's storage to its use/producer
+
+
+_LINK_FRACTION = 64  # internal links only on values of at least 1/64 of the largest graph input
+
+
+def _insert_storage_ops(graph: Graph, internal: bool = False) -> tuple[Graph, dict[int, str]]:
+    """Give every free graph input (no fixed sharding, used by an op) and every free output an op
+    produced a separate *storage* value, linked by a resharding op: the input is stored as chosen and
+    resharded (all-gathered) just before its first use; the producer's result is resharded (sliced) to
+    the output's storage. Only inputs that feed a dot_general get one (`input`). With `internal`, free
+    outputs get one too (`output`) and so do large internal values: a dot_general's result may be
+    sliced finer for its users (`slice`), and an operand of dot_generals may be all-gathered coarser
+    for them (`gather`, one copy shared by those dots). Returns the graph and the link ops' kinds."""
+    def free(v: Value) -> bool:
+        s = v.type.sharding
+        return v.type.rank > 0 and (s is None or all(d.is_open for d in s.dims) or s.priority not in (0, None))
+
+    produced = {v for op in graph.ops for v in op.results}
+    outputs = set(graph.outputs)
+    largest = max((v.type.nbytes for v in graph.inputs), default=0)
+    threshold = max(1, largest // _LINK_FRACTION)
+    dot_operands = {v for op in graph.ops if op.name == "dot_general" for v in op.operands}
+    inputs = [v for v in dict.fromkeys(graph.inputs) if v in dot_operands and free(v) and v not in outputs
+              and v.type.nbytes >= threshold]
+
+    def big(v: Value) -> bool:
+        return v.type.rank > 0 and v.type.nbytes >= threshold and free(v)
+
+    kinds: dict[int, str] = {}
+    before: dict[int, list[Op]] = {}
+    use_of: dict[Value, Value] = {}
+    for v in inputs:
+        use = Value(v.type.with_sharding(None))
+        op = Op(_STORAGE, (v,), (use,))
+        kinds[id(op)] = "input"
+        use_of[v] = use
+        before.setdefault(0, []).append(op)  # XLA gathers a parameter early: live from the start
+    stored: dict[Value, Value] = {}
+    for v in dict.fromkeys(graph.outputs):
+        if internal and v in produced and v not in graph.inputs and free(v):
+            stored[v] = Value(v.type.with_sharding(None))
+    ops: list[Op] = []
+    gathered: dict[Value, Value] = {}  # an internal operand of dots -> its gathered copy
+    for index, op in enumerate(graph.ops):
+        ops.extend(before.get(index, ()))
+        operands = tuple(use_of.get(v, v) for v in op.operands)
+        if op.name == "dot_general" and not op.regions:
+            linked = []
+            for v in operands:
+                if internal and v in produced and v not in gathered and big(v) and not any(
+                        v is u for u in use_of.values()):
+                    link = Op(_STORAGE, (v,), (Value(v.type.with_sharding(None)),))
+                    kinds[id(link)] = "gather"
+                    gathered[v] = link.results[0]
+                    ops.append(link)
+                linked.append(gathered.get(v, v))
+            operands = tuple(linked)
+        if operands != op.operands:
+            op = op.replace(operands=operands)
+        ops.append(op)
+        for v in op.results:
+            if v in stored:
+                link = Op(_STORAGE, (v,), (stored[v],))
+                kinds[id(link)] = "output"
+                ops.append(link)
+            elif internal and op.name == "dot_general" and not op.regions and big(v):
+                link = Op(_STORAGE, (v,), (Value(v.type.with_sharding(None)),))
+                kinds[id(link)] = "slice"
+                use_of[v] = link.results[0]
+                produced.add(link.results[0])
+                ops.append(link)
+    if not kinds:
+        return graph, kinds
+    return graph.replace(ops=tuple(ops), outputs=tuple(stored.get(v, v) for v in graph.outputs)), kinds
+
+
+def _storage_candidates(model: "_Model", op: Op, kind: str) -> list[dict[int, tuple[str, ...]]]:
+    """Joint (use, storage) choices of a storage op: the storage keeps the use's axes on every dim
+    and may add axes the use leaves free (as minor axes), so the link is an all-gather (input) or a
+    local slice (output)."""
+    fine_operand = kind in ("input", "gather")
+    stored, use = (op.operands[0], op.results[0]) if fine_operand else (op.results[0], op.operands[0])
+    use_classes = sorted(set(model.classes_of(use)))
+    stored_classes = model.classes_of(stored)
+    out = []
+    for choice in _ordered_assignments(model.mesh, use_classes, model.size, model.fixed, model.axes_allowed):
+        dims = [choice.get(c, ()) for c in model.classes_of(use)]
+        used = {a for d in dims for a in d}
+        spare = [a for a in model.axes_allowed if a not in used]
+        for owners in itertools.product([None] + list(range(len(dims))), repeat=len(spare)):
+            new = [list(d) for d in dims]
+            for axis, owner in zip(spare, owners):
+                if owner is not None:
+                    new[owner].append(axis)
+            joint = dict(choice)
+            ok = True
+            for d, c in enumerate(stored_classes):
+                axes = tuple(new[d])
+                if stored.type.shape[d] % math.prod(model.mesh.size(a) for a in axes) or \
+                        (c in model.fixed and model.fixed[c] != axes) or joint.get(c, axes) != axes:
+                    ok = False
+                    break
+                joint[c] = axes
+            if ok:
+                out.append(joint)
+    return out
+
+
 def _greedy(model: _Model) -> dict[int, tuple[str, ...]]:
     weight: dict[int, float] = {}
     for v in model.values:
@@ -747,7 +919,26 @@ def _apply(model: _Model, graph: Graph, chosen: dict[int, tuple[str, ...]]) -> G
             ops.append(op.replace(regions=regions) if regions != op.regions else op)
         return g.replace(ops=tuple(ops)).with_types(types)
 
-    return rebuild(graph)
+    return _drop_idle_storage(model, rebuild(graph))
+
+
+def _drop_idle_storage(model: _Model, graph: Graph) -> Graph:
+    """Remove the storage ops (see `_insert_storage_ops`) whose two sides got the same sharding."""
+    storage_at = {k for k, op in enumerate(model.graph.ops) if id(op) in model.storage_kinds}
+    if not storage_at:
+        return graph
+    same: dict[Value, Value] = {}
+    ops = []
+    for k, op in enumerate(graph.ops):
+        if k in storage_at:
+            a, b = op.operands[0].type.sharding, op.results[0].type.sharding
+            if a is not None and b is not None and [d.axes for d in a.dims] == [d.axes for d in b.dims]:
+                same[op.results[0]] = same.get(op.operands[0], op.operands[0])
+                continue
+        if any(v in same for v in op.operands):
+            op = op.replace(operands=tuple(same.get(v, v) for v in op.operands))
+        ops.append(op)
+    return graph.replace(ops=tuple(ops), outputs=tuple(same.get(v, v) for v in graph.outputs))
 
 
 @register
@@ -773,7 +964,6 @@ class AutoShard(Pass):
         mesh = ctx.mesh_shape if ctx is not None and ctx.mesh is not None else graph.mesh
         if mesh is None:
             raise ShardingError("auto-shard needs a mesh: run the pipeline with mesh=...")
-        model = build_model(graph.replace(mesh=mesh), mesh, self.objective, self.mesh_axes)
         jax_mesh = ctx.mesh if ctx is not None and hasattr(ctx.mesh, "devices") else None
         propagated: dict[int, object] = {}
 
@@ -783,16 +973,23 @@ class AutoShard(Pass):
             return propagated[id(result)][1]
 
         verified = ""
-        if self.memory_limit and self.verify and jax_mesh is not None:
-            from .auto_shard_verify import compiled_memory, solve_verified
-            result, measured, compiles = solve_verified(
-                model, self.memory_limit, self.time_limit,
-                lambda r: compiled_memory(complete(r).graph, jax_mesh))
-            if measured is not None:
-                verified = f"; compiled memory {measured:,} B per device (limit {self.memory_limit:,}, " \
-                           f"{compiles} compile{'s' if compiles > 1 else ''})"
-        else:
-            result = solve_model(model, self.memory_limit or None, self.time_limit)
+
+        def solve(internal: bool) -> AutoShardResult:
+            nonlocal verified
+            model = build_model(graph.replace(mesh=mesh), mesh, self.objective, self.mesh_axes,
+                                internal_links=internal)
+            if self.memory_limit and self.verify and jax_mesh is not None:
+                from .auto_shard_verify import compiled_memory, solve_verified
+                result, measured, compiles = solve_verified(
+                    model, self.memory_limit, self.time_limit,
+                    lambda r: compiled_memory(complete(r).graph, jax_mesh))
+                if measured is not None:
+                    verified = f"; compiled memory {measured:,} B per device (limit {self.memory_limit:,}, " \
+                               f"{compiles} compile{'s' if compiles > 1 else ''})"
+                return result
+            return solve_model(model, self.memory_limit or None, self.time_limit)
+
+        result = _with_internal_links(solve, self.memory_limit)
         if ctx is not None:
             ctx.analyses.put(AutoShardResult, result.graph, result)
             ctx.diagnostics.note(

@@ -75,9 +75,13 @@ class Schedule:
         return self.outputs[-1] if self.outputs else []
 
 
-def memory_schedule(graph: Graph, top: bool = True) -> Schedule:
+def memory_schedule(graph: Graph, top: bool = True, links: frozenset[int] = frozenset(),
+                    gathers: frozenset[int] = frozenset()) -> Schedule:
     """The schedule of `graph` in program order. At the top level arguments and outputs are `always`
-    live; in a region they are the region op's operands and results, counted outside."""
+    live; in a region they are the region op's operands and results, counted outside. `links`: ids of
+    ops that, like a layout change, fold into their operand's producer (auto-shard's storage links of
+    outputs: a slice of the producer's result, or the result itself); `gathers`: ids of ops whose
+    result a collective materialises (auto-shard's all-gather links), never fused into a user."""
     uses: dict[Value, list[int]] = {}
     for index, op in enumerate(graph.ops):
         for v in op.operands:
@@ -88,11 +92,11 @@ def memory_schedule(graph: Graph, top: bool = True) -> Schedule:
     for index, op in enumerate(graph.ops):
         for v in op.results:
             producer[v] = index
-            if v in boundary:
+            if v in boundary or id(op) in gathers:
                 continue
             users = uses.get(v, [])
             single = graph.ops[users[0]] if len(users) == 1 else None
-            if is_cheap(op) or (single is not None and (single.name in _FUSING_USERS or (
+            if is_cheap(op) or (single is not None and (single.name in _FUSING_USERS or id(single) in links or (
                     is_elementwise(op) and _fuses_into(single)))):
                 fused.add(v)
     # a fused value's operands live until the op it is fused into runs
@@ -116,7 +120,8 @@ def memory_schedule(graph: Graph, top: bool = True) -> Schedule:
     for v in produced:
         index = producer[v]
         # through layout changes XLA folds into the producer, back to the op whose all-reduce it is
-        while graph.ops[index].name in _FUSING_USERS and len(graph.ops[index].operands) == 1 \
+        while (graph.ops[index].name in _FUSING_USERS or id(graph.ops[index]) in links) \
+                and len(graph.ops[index].operands) == 1 \
                 and graph.ops[index].operands[0] in producer:
             index = producer[graph.ops[index].operands[0]]
         end.setdefault(index, graph.ops[index])

@@ -84,6 +84,23 @@ def test_scan_stacked_dim_is_not_free(mesh):
     _assert_close(jf(*case.args), jax.jit(case.fn)(*case.args), case)
 
 
+def test_fsdp_memory_limit_reached_by_resharding_inside_the_program(mesh):
+    # the 2-layer MLP under hand FSDP's compiled memory (94,236 B per device): only reachable with
+    # the loss's batch sharded unlike the matmuls' (the forward output sliced for the loss, its
+    # gradient all-gathered back: internal links), labels stored sharded; no more bytes than hand FSDP
+    case = BUILDERS["mlp-megatron"](mesh)
+    limit, hand_bytes = 94_236, 57_351
+    jf = sk.jit(case.fn, mesh=mesh, pipeline=f"canonicalize,cse,dce,auto-shard{{memory-limit={limit}}}")
+    compiled = jf.lower(*case.args).compile()
+    m = compiled.memory_analysis()
+    assert m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes <= limit
+    assert sum(c.bytes for c in collectives_from_hlo(compiled.as_text(), mesh)) <= 1.05 * hand_bytes
+    y = jf.graph(*case.args).inputs[3]
+    assert y.type.shape == case.args[2].shape and y.type.sharding.dims[0].axes  # labels stored sharded
+    assert "all-gather" in {c.kind for c in collectives_from_hlo(compiled.as_text(), mesh)}
+    _assert_close(jf(*case.args), jax.jit(case.fn)(*case.args), case)
+
+
 def _deep_lm_step(layers: int):
     from benchmarks import corpus as C
     return C.deep_transformer_lm_step(layers)
