@@ -94,6 +94,13 @@ def dispatch_floor(points, repeats):
     jax.block_until_ready(double(xs))
     return steady(lambda: double(xs), repeats)[0]
 
+def finish(results, cfg, operator):
+    """Add the dispatch floor and (unless turned off) the neural-operator run to a side's results."""
+    results["floor"] = dispatch_floor(POINTS_3D, cfg["repeats"])
+    if cfg.get("operator", True):
+        results["operator"] = operator(cfg)
+    return results
+
 def measure(name, F, f, points, repeats, results):
     entry = {}
     F_value, entry["value_s"] = timed(lambda: F(f))
@@ -141,10 +148,7 @@ def run(cfg):
             f = fn.compose(jnp.sin, f)
         return f
     measure("chain", lambda f: fn.integrate(chain(f), line), neg_sq, POINTS_1D, R, results)
-    results["floor"] = dispatch_floor(POINTS_3D, R)
-    if cfg.get("operator", True):
-        results["operator"] = operator(cfg)
-    return results
+    return finish(results, cfg, operator)
 
 def operator(cfg):
     n = cfg["operator_grid"]
@@ -211,10 +215,7 @@ def run(cfg):
             f = o.compose(sin_, f)
         return f
     measure("chain", lambda f: o.integrate(chain(f)), neg_sq, POINTS_1D, R, results)
-    results["floor"] = dispatch_floor(POINTS_3D, R)
-    if cfg.get("operator", True):
-        results["operator"] = operator(cfg)
-    return results
+    return finish(results, cfg, operator)
 
 def operator(cfg):
     n = cfg["operator_grid"]
